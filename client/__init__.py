@@ -1,0 +1,1 @@
+"""The ichigo-stream client applications (microphone client and file streamer)."""
