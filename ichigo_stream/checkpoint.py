@@ -13,7 +13,7 @@ import os
 import pickle
 import re
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -74,7 +74,7 @@ def _torch_load(path: Path) -> Any:
 
 
 def _head_state(raw: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    """File keys -> QuantizerHead keys; training buffers dropped, unknown keys kept (reported later)."""
+    """File keys -> QuantizerHead keys; training buffers dropped, unknown keys kept."""
     state: dict[str, Tensor] = {}
     for key, value in raw.items():
         if not key.startswith(prefix):
@@ -99,7 +99,8 @@ def _infer_dims(state: dict[str, Tensor], file_name: str) -> QuantizerDims:
     except KeyError as e:
         raise ModelLoadError(
             f"{file_name}: not an Ichigo quantizer checkpoint (no {e.args[0]!r} tensor); "
-            "expected a .pth/.ckpt with 'model.'-prefixed quantizer weights or a WhisperSpeech .model"
+            "expected a .pth/.ckpt with 'model.'-prefixed quantizer weights or a WhisperSpeech "
+            ".model"
         ) from None
     depth = len({key.split(".")[1] for key in state if key.startswith("blocks.")})
     inv_freq = state.get("blocks.0.attn.rotary.inv_freq")

@@ -1,4 +1,4 @@
-"""Whisper weights: find them (openai-whisper names or local .pt files) and build the parts we use."""
+"""Whisper weights: find them (openai-whisper names or local .pt) and build the parts we use."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ RELEASED_WHISPER_DIMS: dict[str, dict[str, Any]] = {
 def write_random_whisper(
     path: str | os.PathLike[str], dims: ModelDimensions, *, seed: int = 0, half: bool = True
 ) -> Path:
-    """Write a random-weight Whisper checkpoint in openai-whisper's format ({dims, model_state_dict}).
+    """Write a random-weight Whisper in openai-whisper's file format ({dims, model_state_dict}).
 
     Weights are stored in float16 like the released files; the encoder keeps its sinusoidal
     positions so the encoder output has a realistic structure.
