@@ -214,6 +214,10 @@ class IchigoTokenizer(nn.Module):
         """Move to a device; the encoder takes `dtype`, the head stays float32."""
         self.to(device)
         self.encoder.to(dtype)
+        # Whisper's LayerNorm computes in float32 and needs float32 parameters to do so.
+        for module in self.encoder.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.float()
         return self.eval()
 
     def log_mel_window(self, audio: Tensor) -> Tensor:

@@ -1,0 +1,178 @@
+"""Audio in: decode a file to mono float32 at 16 kHz, plus the conversions the server reuses.
+
+Why not torchaudio: the PyPI torchaudio wheel is a CUDA build that does not import next to the
+CPU-only torch this project installs. So files are decoded by soundfile (libsndfile: WAV, FLAC,
+OGG, MP3, ...) and, for what libsndfile cannot read (m4a, webm, ...), by an ffmpeg subprocess
+that keeps the native rate and channels. Down-mixing and resampling are always done here (numpy
+and soxr), never by ffmpeg, so a file gives the same samples whichever decoder ran.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from .constants import SAMPLE_RATE
+from .errors import AudioError
+
+# soxr "HQ" (its default): linear phase, 20-bit precision, i.e. ~120 dB alias rejection. Whisper's
+# log-mel clamps its range to 80 dB below the peak, so more ("VHQ", 28-bit) is invisible to the
+# model and only costs the streaming server CPU.
+RESAMPLE_QUALITY = "HQ"
+
+PCM16_SCALE = 32768.0  # int16 <-> float: x / 2**15, as libsndfile and ffmpeg read it
+FFMPEG = "ffmpeg"
+FFPROBE = "ffprobe"
+FFMPEG_INSTALL_HINT = (
+    "install ffmpeg (e.g. `apt-get install ffmpeg`, `brew install ffmpeg`, "
+    "`conda install -c conda-forge ffmpeg`) and make sure it is on PATH"
+)
+EXPECTED = "an audio file (WAV, FLAC, OGG, MP3, or anything ffmpeg decodes)"
+
+
+def _error(name: str, problem: str) -> AudioError:
+    return AudioError(f"cannot load audio '{name}': {problem}")
+
+
+def resample(x: np.ndarray, from_rate: int, to_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Resample float audio (frames, or frames x channels) from from_rate to to_rate with soxr.
+
+    For one whole signal. A stream that arrives in chunks needs soxr.ResampleStream (with
+    RESAMPLE_QUALITY): resampling each chunk alone would put edge artefacts at every seam.
+    """
+    if from_rate <= 0 or to_rate <= 0:
+        raise AudioError(f"sample rates must be positive, got {from_rate} -> {to_rate}")
+    x = np.asarray(x, dtype=np.float32)
+    if from_rate == to_rate or x.shape[0] == 0:
+        return x
+    return soxr.resample(x, from_rate, to_rate, quality=RESAMPLE_QUALITY)
+
+
+def downmix(x: np.ndarray) -> np.ndarray:
+    """Frames x channels -> mono float32 by averaging the channels; 1-D input is returned as is."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        return x
+    if x.ndim != 2:
+        raise AudioError(f"expected audio of shape (frames,) or (frames, channels), got {x.shape}")
+    if x.shape[1] == 1:
+        return x[:, 0]
+    # float64 accumulation so the mean does not depend on the channel order
+    return x.mean(axis=1, dtype=np.float64).astype(np.float32)
+
+
+def pcm16_to_float32(pcm: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
+    """Little-endian 16-bit PCM bytes (or an int16 array) -> float32 in [-1, 1)."""
+    if isinstance(pcm, np.ndarray):
+        if pcm.dtype != np.int16:
+            raise AudioError(f"expected int16 PCM samples, got dtype {pcm.dtype}")
+        samples = pcm
+    else:
+        if len(pcm) % 2:
+            raise AudioError(f"16-bit PCM needs an even number of bytes, got {len(pcm)}")
+        samples = np.frombuffer(pcm, dtype="<i2")
+    return samples.astype(np.float32) / np.float32(PCM16_SCALE)
+
+
+def float32_to_pcm16(x: np.ndarray) -> bytes:
+    """Float audio -> little-endian 16-bit PCM bytes; values outside [-1, 1) are clipped.
+
+    Uses the same 2**15 scale as pcm16_to_float32, so PCM -> float -> PCM is exact.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise AudioError("cannot convert non-finite samples (NaN or inf) to 16-bit PCM")
+    scaled = np.clip(np.rint(x * np.float32(PCM16_SCALE)), -32768, 32767)
+    return scaled.astype("<i2").tobytes()
+
+
+def _check_path(name: str) -> None:
+    if not os.path.exists(name):
+        raise _error(name, f"no such file; expected {EXPECTED}")
+    if os.path.isdir(name):
+        raise _error(name, f"it is a directory; expected {EXPECTED}")
+    if os.path.getsize(name) == 0:
+        raise _error(name, f"the file is empty (0 bytes); expected {EXPECTED}")
+
+
+def _positive_int(text: str | None) -> int | None:
+    return int(text) if text is not None and text.isdigit() and int(text) > 0 else None
+
+
+def _undecodable(name: str, soundfile_problem: str, stderr: bytes, url: str) -> AudioError:
+    """One message for both decoders' failures; ffmpeg's last line, without the file name."""
+    lines = [ln.strip() for ln in stderr.decode(errors="replace").splitlines() if ln.strip()]
+    ffmpeg_problem = lines[-1].removeprefix(f"{url}: ") if lines else "no error message"
+    return _error(
+        name,
+        f"not a readable audio file (libsndfile: {soundfile_problem}; ffmpeg: {ffmpeg_problem})",
+    )
+
+
+def _decode_with_ffmpeg(name: str, soundfile_problem: str) -> tuple[np.ndarray, int]:
+    """Decode at the stream's own rate and channels; returns (frames x channels float32, rate)."""
+    ffmpeg, ffprobe = shutil.which(FFMPEG), shutil.which(FFPROBE)
+    if ffmpeg is None or ffprobe is None:
+        raise _error(
+            name,
+            f"libsndfile cannot read it ({soundfile_problem}) and ffmpeg, needed for other "
+            f"formats (mp3, m4a, webm, ...), is not installed: {FFMPEG_INSTALL_HINT}",
+        )
+    url = f"file:{name}"  # so a name with ':' is never taken for an ffmpeg protocol
+    probe_cmd = [
+        *(ffprobe, "-v", "error", "-select_streams", "a:0"),
+        *("-show_entries", "stream=sample_rate,channels", "-of", "default=noprint_wrappers=1", url),
+    ]
+    probe = subprocess.run(probe_cmd, capture_output=True, check=False)
+    if probe.returncode != 0:
+        raise _undecodable(name, soundfile_problem, probe.stderr, url)
+    fields = dict(
+        line.split("=", 1) for line in probe.stdout.decode(errors="replace").split() if "=" in line
+    )
+    if not fields:
+        raise _error(name, f"it has no audio stream; expected {EXPECTED}")
+    rate, channels = (_positive_int(fields.get(key)) for key in ("sample_rate", "channels"))
+    if rate is None or channels is None:
+        raise _error(name, f"ffprobe gave no usable sample rate and channels: {fields}")
+    # -ar/-ac repeat the stream's own values, so ffmpeg converts nothing: they only pin the
+    # layout we reshape by, should the stream change mid-way
+    decode_cmd = [
+        *(ffmpeg, "-nostdin", "-v", "error", "-i", url, "-map", "0:a:0"),
+        *("-f", "f32le", "-acodec", "pcm_f32le", "-ar", str(rate), "-ac", str(channels), "-"),
+    ]
+    decode = subprocess.run(decode_cmd, capture_output=True, check=False)
+    if decode.returncode != 0:
+        raise _undecodable(name, soundfile_problem, decode.stderr, url)
+    data = np.frombuffer(decode.stdout, dtype="<f4")
+    data = data[: len(data) - len(data) % channels].reshape(-1, channels)
+    return data.astype(np.float32), rate
+
+
+def _decode(name: str) -> tuple[np.ndarray, int]:
+    try:
+        return sf.read(name, dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError) as exc:  # unknown format or corrupt: try ffmpeg
+        problem = getattr(exc, "error_string", None) or str(exc)
+    return _decode_with_ffmpeg(name, problem.rstrip("."))
+
+
+def load_audio(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an audio file as mono float32 at SAMPLE_RATE (16 kHz); raises AudioError.
+
+    A file whose audio data stops before its header says (an interrupted recording) gives the
+    samples that are there, as ffmpeg and sox do; only a file no decoder can read is an error.
+    """
+    name = os.fspath(path)
+    _check_path(name)
+    data, rate = _decode(name)
+    if data.shape[0] == 0:
+        raise _error(name, "it contains no audio (0 frames); expected at least one sample")
+    if not np.isfinite(data).all():
+        bad = int(data.size - np.isfinite(data).sum())
+        raise _error(name, f"{bad} samples are NaN or infinite; expected finite samples")
+    return resample(downmix(data), rate)
