@@ -38,7 +38,9 @@ def clips_of(audio: np.ndarray, lengths: tuple[float, ...], offset: int = 0) -> 
 
 
 def load(files: ModelFiles, **kw: str) -> IchigoTokenizer:
-    tokenizer, _ = load_tokenizer(LoadOptions(model=str(files.quantizer), whisper=str(files.whisper), **kw))
+    tokenizer, _ = load_tokenizer(
+        LoadOptions(model=str(files.quantizer), whisper=str(files.whisper), **kw)
+    )
     return tokenizer
 
 
@@ -56,17 +58,23 @@ def assert_parity(files: ModelFiles, clips: list[torch.Tensor]) -> None:
     assert len(set(torch.cat(batched).tolist())) > 10
 
 
-def test_merged_checkpoint_matches_reference(merged_model_files: ModelFiles, speech_30s: np.ndarray) -> None:
+def test_merged_checkpoint_matches_reference(
+    merged_model_files: ModelFiles, speech_30s: np.ndarray
+) -> None:
     assert_parity(merged_model_files, clips_of(speech_30s, LENGTHS))
 
 
 def test_whisperspeech_checkpoint_matches_reference(
     whisperspeech_model_files: ModelFiles, speech_30s: np.ndarray
 ) -> None:
-    assert_parity(whisperspeech_model_files, clips_of(speech_30s, (0.1, 3.0, 11.0, 30.0), offset=1234))
+    assert_parity(
+        whisperspeech_model_files, clips_of(speech_30s, (0.1, 3.0, 11.0, 30.0), offset=1234)
+    )
 
 
-def test_tiny_checkpoint_matches_reference(tiny_model_files: ModelFiles, speech_30s: np.ndarray) -> None:
+def test_tiny_checkpoint_matches_reference(
+    tiny_model_files: ModelFiles, speech_30s: np.ndarray
+) -> None:
     assert_parity(tiny_model_files, clips_of(speech_30s, LENGTHS, offset=555))
 
 
@@ -81,7 +89,9 @@ def test_token_counts_at_the_edges(tiny_model_files: ModelFiles, speech_30s: np.
         tokenizer.quantize([torch.zeros(WINDOW_SAMPLES + 1)])
 
 
-def test_dequantize_matches_reference(merged_model_files: ModelFiles, speech_30s: np.ndarray) -> None:
+def test_dequantize_matches_reference(
+    merged_model_files: ModelFiles, speech_30s: np.ndarray
+) -> None:
     ours = load(merged_model_files)
     reference = reference_model(merged_model_files.quantizer, merged_model_files.whisper)
     token_lists = [ours.quantize([clip])[0] for clip in clips_of(speech_30s, (0.5, 9.0, 30.0))]
@@ -105,7 +115,8 @@ def test_decode_text_runs_whispers_decoder_on_dequantized_tokens(
     tiny_model_files: ModelFiles, speech_30s: np.ndarray
 ) -> None:
     tokenizer, _ = load_tokenizer(
-        LoadOptions(model=str(tiny_model_files.quantizer), whisper=str(tiny_model_files.whisper)), text=True
+        LoadOptions(model=str(tiny_model_files.quantizer), whisper=str(tiny_model_files.whisper)),
+        text=True,
     )
     token_lists = [t.tolist() for t in tokenizer.quantize(clips_of(speech_30s, (2.0, 5.0)))]
     texts = tokenizer.decode_text(token_lists, TextOptions(language="en"))
