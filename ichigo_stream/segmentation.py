@@ -20,7 +20,9 @@ from .constants import SAMPLE_RATE, WINDOW_SAMPLES
 from .errors import AudioError, SegmentationError
 
 VAD_FRAME_MS = (10, 20, 30)  # the only frame sizes webrtcvad accepts
-INT16_SCALE = 32767  # float [-1, 1] -> int16 for webrtcvad; 32767 so +1.0 does not wrap
+# float -> int16 for webrtcvad with the scale PCM is read with (audio.PCM16_SCALE), so PCM that
+# came in as int16 and was read as float gives webrtcvad back exactly the same samples.
+INT16_SCALE = 32768
 
 
 def _ms_to_samples(ms: float) -> int:
@@ -138,8 +140,8 @@ def to_int16(samples: np.ndarray) -> np.ndarray:
         return samples
     if not np.issubdtype(samples.dtype, np.floating):
         raise AudioError(f"expected float or int16 samples, got {samples.dtype}")
-    scaled = np.rint(np.clip(np.nan_to_num(samples), -1.0, 1.0) * INT16_SCALE)
-    return scaled.astype(np.int16)
+    scaled = np.rint(np.nan_to_num(samples).astype(np.float64) * INT16_SCALE)
+    return np.clip(scaled, -32768, 32767).astype(np.int16)
 
 
 class VadSegmenter:

@@ -177,7 +177,10 @@ def test_int16_input_matches_float_input(paused: tuple[np.ndarray, list[int]]) -
     assert run(to_int16(audio), [4801] * 20, SHORT_CAP) == run(audio, [], SHORT_CAP)
     # Floats are clipped, not wrapped; NaN (a broken source) reads as silence.
     floats = np.array([2.0, -2.0, 1.0, -1.0, 0.25, np.nan], dtype=np.float32)
-    assert to_int16(floats).tolist() == [32767, -32767, 32767, -32767, 8192, 0]
+    assert to_int16(floats).tolist() == [32767, -32768, 32767, -32768, 8192, 0]
+    # PCM read as float (x / 32768) converts back to exactly the same PCM.
+    pcm = np.arange(-32768, 32768, dtype=np.int16)
+    assert np.array_equal(to_int16(pcm.astype(np.float32) / 32768), pcm)
 
 
 def test_bad_sample_arrays_raise_audio_error() -> None:
