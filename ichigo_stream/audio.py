@@ -176,3 +176,53 @@ def load_audio(path: str | os.PathLike[str]) -> np.ndarray:
         bad = int(data.size - np.isfinite(data).sum())
         raise _error(name, f"{bad} samples are NaN or infinite; expected finite samples")
     return resample(downmix(data), rate)
+
+
+PCM_DTYPES = {"pcm_s16le": np.dtype("<i2"), "pcm_f32le": np.dtype("<f4")}
+
+
+class PcmStreamDecoder:
+    """Raw PCM messages of one live stream -> mono float32 at 16 kHz.
+
+    Stateful: the soxr stream resampler carries its filter state across messages, so a
+    stream cut into messages anywhere resamples like one signal. 16 kHz input is not
+    resampled at all (bit-exact with reading the same PCM from a file).
+    """
+
+    def __init__(self, sample_rate: int, encoding: str, channels: int) -> None:
+        if encoding not in PCM_DTYPES:
+            raise AudioError(f"unknown PCM encoding {encoding!r}: expected {list(PCM_DTYPES)}")
+        self.dtype = PCM_DTYPES[encoding]
+        self.channels = channels
+        self.frame_bytes = self.dtype.itemsize * channels
+        self._resampler = (
+            None
+            if sample_rate == SAMPLE_RATE
+            else soxr.ResampleStream(
+                sample_rate, SAMPLE_RATE, 1, dtype="float32", quality=RESAMPLE_QUALITY
+            )
+        )
+
+    def decode(self, data: bytes) -> np.ndarray:
+        if len(data) % self.frame_bytes:
+            raise AudioError(
+                f"{len(data)} bytes is not a whole number of {self.frame_bytes}-byte frames "
+                f"({self.dtype.itemsize * 8}-bit x {self.channels} channel(s))"
+            )
+        raw = np.frombuffer(data, dtype=self.dtype)
+        if self.dtype.kind == "f":
+            if not np.isfinite(raw).all():
+                raise AudioError("audio contains NaN or infinite samples")
+            samples = raw.astype(np.float32)
+        else:
+            samples = raw.astype(np.float32) / np.float32(PCM16_SCALE)
+        mono = downmix(samples.reshape(-1, self.channels))
+        if self._resampler is None:
+            return mono
+        return self._resampler.resample_chunk(mono)
+
+    def finish(self) -> np.ndarray:
+        """The resampler's tail at the end of the stream."""
+        if self._resampler is None:
+            return np.zeros(0, dtype=np.float32)
+        return self._resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)

@@ -1,0 +1,306 @@
+"""Streaming protocol v1, sans-I/O: client message parsing and server message building.
+
+No sockets, no clocks: bytes and strings in, typed messages or ProtocolError out. The
+connection state machine that uses these lives in session.py; docs/protocol.md is the
+specification for client writers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, Literal
+
+from .constants import SAMPLE_RATE, WINDOW_SECONDS
+from .errors import IchigoStreamError, SegmentationError
+from .segmentation import VadOptions
+
+PROTOCOL_VERSION = 1
+STREAM_PATH = "/v1/stream"
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8_000, 48_000
+ENCODINGS = {"pcm_s16le": 2, "pcm_f32le": 4}  # bytes per sample
+LLM_FORMATS = ("ichigo", "ichigo-rle")
+
+Encoding = Literal["pcm_s16le", "pcm_f32le"]
+ErrorCode = Literal[
+    "bad_message",
+    "bad_audio",
+    "unsupported",
+    "too_large",
+    "too_fast",
+    "limit",
+    "unauthorized",
+    "internal",
+]
+
+
+class CloseCode(IntEnum):
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    UNSUPPORTED_DATA = 1003
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013
+
+
+# The close that follows a fatal error of each code (see docs/protocol.md).
+CLOSE_FOR_ERROR: dict[str, CloseCode] = {
+    "bad_message": CloseCode.UNSUPPORTED_DATA,
+    "bad_audio": CloseCode.UNSUPPORTED_DATA,
+    "unsupported": CloseCode.UNSUPPORTED_DATA,
+    "too_large": CloseCode.MESSAGE_TOO_BIG,
+    "too_fast": CloseCode.POLICY_VIOLATION,
+    "limit": CloseCode.POLICY_VIOLATION,
+    "unauthorized": CloseCode.POLICY_VIOLATION,
+    "internal": CloseCode.INTERNAL_ERROR,
+}
+
+
+class ProtocolError(IchigoStreamError):
+    """A client broke the protocol: sent as an `error` message, then the connection closes."""
+
+    def __init__(self, code: ErrorCode, message: str, close: CloseCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.close_code = close or CLOSE_FOR_ERROR[code]
+
+
+@dataclass(frozen=True)
+class StartOptions:
+    """The client's `start` message: how its audio is encoded and what it wants back."""
+
+    sample_rate: int = SAMPLE_RATE
+    encoding: Encoding = "pcm_s16le"
+    channels: int = 1
+    partials: bool = False
+    partial_interval_ms: int = 500
+    text: bool = False
+    language: str | None = None
+    llm_format: str | None = None
+    vad: VadOptions = field(default_factory=VadOptions)
+    offset: float = 0.0  # seconds: where the session's timeline starts (resuming clients)
+
+    @property
+    def bytes_per_frame(self) -> int:
+        return ENCODINGS[self.encoding] * self.channels
+
+    @property
+    def offset_samples(self) -> int:
+        return round(self.offset * SAMPLE_RATE)
+
+
+@dataclass(frozen=True)
+class Start:
+    options: StartOptions
+
+
+@dataclass(frozen=True)
+class Flush:
+    pass
+
+
+@dataclass(frozen=True)
+class Stop:
+    pass
+
+
+@dataclass(frozen=True)
+class Audio:
+    data: bytes
+
+
+ClientMessage = Start | Flush | Stop | Audio
+
+_VAD_FIELDS = {
+    "aggressiveness": "aggressiveness",
+    "min_silence_ms": "min_silence_ms",
+    "tail_ms": "tail_ms",
+    "preroll_ms": "preroll_ms",
+    "max_segment_s": "max_segment_s",
+    "frame_ms": "frame_ms",
+}
+
+
+def _typed(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+    value = obj.get(key, default)
+    if value is None and default is None:
+        return None
+    # bool is an int in Python; a JSON true is never a valid number here.
+    if isinstance(value, bool) and kind is not bool:
+        raise ProtocolError("bad_message", f"start.{key} must be {_kind_name(kind)}, got {value!r}")
+    if not isinstance(value, kind):
+        raise ProtocolError("bad_message", f"start.{key} must be {_kind_name(kind)}, got {value!r}")
+    return value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {
+        bool: "a boolean",
+        int: "an integer",
+        str: "a string",
+        float: "a number",
+        dict: "an object",
+    }
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _vad_options(raw: Any) -> VadOptions:
+    if raw is None:
+        return VadOptions()
+    if not isinstance(raw, dict):
+        raise ProtocolError("bad_message", "start.vad must be an object")
+    values: dict[str, Any] = {}
+    for key, name in _VAD_FIELDS.items():
+        if key in raw:
+            kind: tuple[type, ...] = (int, float) if key == "max_segment_s" else (int,)
+            values[name] = _typed(raw, key, kind, None)
+    max_s = values.get("max_segment_s", WINDOW_SECONDS)
+    if not 0 < max_s <= WINDOW_SECONDS:
+        raise ProtocolError(
+            "unsupported", f"start.vad.max_segment_s must be in (0, {WINDOW_SECONDS}]"
+        )
+    try:
+        return VadOptions(**values)
+    except SegmentationError as e:
+        raise ProtocolError("unsupported", f"start.vad: {e}") from None
+
+
+def parse_start(obj: dict[str, Any]) -> StartOptions:
+    """Validate a decoded `start` object; unknown fields are ignored (forward compatibility)."""
+    rate = _typed(obj, "sample_rate", int, SAMPLE_RATE)
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise ProtocolError(
+            "unsupported",
+            f"sample_rate {rate} unsupported: expected {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE}",
+        )
+    encoding = _typed(obj, "encoding", str, "pcm_s16le")
+    if encoding not in ENCODINGS:
+        raise ProtocolError(
+            "unsupported", f"encoding {encoding!r} unsupported: expected one of {list(ENCODINGS)}"
+        )
+    channels = _typed(obj, "channels", int, 1)
+    if channels not in (1, 2):
+        raise ProtocolError("unsupported", f"channels {channels} unsupported: expected 1 or 2")
+    interval = _typed(obj, "partial_interval_ms", int, 500)
+    if not 100 <= interval <= 10_000:
+        raise ProtocolError("unsupported", "partial_interval_ms must be in 100..10000")
+    llm_format = _typed(obj, "llm_format", str, None)
+    if llm_format is not None and llm_format not in LLM_FORMATS:
+        raise ProtocolError(
+            "unsupported", f"llm_format {llm_format!r} unsupported: expected null or {LLM_FORMATS}"
+        )
+    offset = _typed(obj, "offset", (int, float), 0.0)
+    if not math.isfinite(offset) or offset < 0:
+        raise ProtocolError("bad_message", "start.offset must be a finite number >= 0")
+    return StartOptions(
+        sample_rate=rate,
+        encoding=encoding,
+        channels=channels,
+        partials=_typed(obj, "partials", bool, False),
+        partial_interval_ms=interval,
+        text=_typed(obj, "text", bool, False),
+        language=_typed(obj, "language", str, None),
+        llm_format=llm_format,
+        vad=_vad_options(obj.get("vad")),
+        offset=float(offset),
+    )
+
+
+def parse_message(data: str | bytes) -> ClientMessage:
+    """One WebSocket message from a client -> a typed message, or ProtocolError."""
+    if isinstance(data, bytes | bytearray | memoryview):
+        return Audio(bytes(data))
+    try:
+        obj = json.loads(data)
+    except ValueError as e:
+        raise ProtocolError("bad_message", f"text messages must be JSON objects: {e}") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+        raise ProtocolError(
+            "bad_message", 'text messages must be JSON objects with a "type" string'
+        )
+    kind = obj["type"]
+    if kind == "start":
+        return Start(parse_start(obj))
+    if kind == "flush":
+        return Flush()
+    if kind == "stop":
+        return Stop()
+    raise ProtocolError(
+        "bad_message", f"unknown message type {kind!r}: expected start, flush or stop"
+    )
+
+
+# -- server -> client ------------------------------------------------------------------------
+
+
+def seconds(samples: int) -> float:
+    """A timeline position in seconds: whole samples at 16 kHz."""
+    return samples / SAMPLE_RATE
+
+
+def encode(message: dict[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"), allow_nan=False)
+
+
+def ready_message(session: str, model: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "ready",
+        "protocol": PROTOCOL_VERSION,
+        "session": session,
+        "model": model,
+        "sample_rate": SAMPLE_RATE,
+    }
+
+
+def speech_start_message(segment: int, start: int) -> dict[str, Any]:
+    return {"type": "speech_start", "segment": segment, "start": seconds(start)}
+
+
+def partial_message(segment: int, start: int, end: int, tokens: list[int]) -> dict[str, Any]:
+    return {
+        "type": "partial",
+        "segment": segment,
+        "start": seconds(start),
+        "end": seconds(end),
+        "tokens": tokens,
+    }
+
+
+def segment_message(
+    segment: int,
+    start: int,
+    end: int,
+    tokens: list[int],
+    endpoint_ms: float,
+    text: str | None = None,
+    llm: str | None = None,
+) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "type": "segment",
+        "segment": segment,
+        "start": seconds(start),
+        "end": seconds(end),
+        "tokens": tokens,
+    }
+    if text is not None:
+        message["text"] = text
+    if llm is not None:
+        message["llm"] = llm
+    message["endpoint_ms"] = round(endpoint_ms, 3)
+    return message
+
+
+def error_message(code: ErrorCode, message: str, segment: int | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if segment is not None:
+        out["segment"] = segment
+    return out
+
+
+def done_message(segments: int, audio_seconds: float) -> dict[str, Any]:
+    return {"type": "done", "segments": segments, "audio_seconds": round(audio_seconds, 6)}

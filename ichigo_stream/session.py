@@ -1,0 +1,374 @@
+"""One streaming connection as a sans-I/O state machine: messages and results in, actions out.
+
+The I/O layer (server/) feeds it every client message and every model result with the
+current time, and carries out what it returns: Send a message, Submit a job to the model
+worker, Cancel a job, Close the connection. Nothing here touches a socket, a thread or a
+clock, so the whole protocol is tested without either.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from .audio import PcmStreamDecoder
+from .constants import SAMPLE_RATE
+from .errors import AudioError
+from .protocol import (
+    Audio,
+    CloseCode,
+    Flush,
+    ProtocolError,
+    Start,
+    StartOptions,
+    Stop,
+    done_message,
+    error_message,
+    parse_message,
+    partial_message,
+    ready_message,
+    segment_message,
+    speech_start_message,
+)
+from .segmentation import (
+    CandidateCancelled,
+    EndpointCandidate,
+    Event,
+    SegmentClosed,
+    SpeechStarted,
+    VadSegmenter,
+)
+from .stream_buffer import AudioBuffer
+from .tokens import format_tokens
+
+_job_ids = itertools.count()
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    max_message_bytes: int = 1 << 20
+    max_realtime: float = 10.0  # audio may arrive at most this many times faster than real time
+    realtime_burst_s: float = 30.0  # ... after this much audio, sent at any speed
+    max_session_s: float = 4 * 3600.0
+    idle_timeout_s: float = 60.0
+    max_pending_segments: int = 32  # closed segments waiting for the model
+
+
+@dataclass(frozen=True, eq=False)
+class Job:
+    """Model work: the tokens (and maybe text) of [start, end) of one session's audio."""
+
+    session: str
+    segment: int
+    kind: Literal["final", "partial"]
+    start: int  # samples on the session's 16 kHz timeline, offset excluded
+    end: int
+    audio: np.ndarray
+    text: bool = False
+    id: int = field(default_factory=lambda: next(_job_ids))
+
+
+@dataclass(frozen=True)
+class JobResult:
+    tokens: list[int] | None = None
+    text: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Send:
+    message: dict
+
+
+@dataclass(frozen=True)
+class Submit:
+    job: Job
+
+
+@dataclass(frozen=True)
+class Cancel:
+    job: Job
+
+
+@dataclass(frozen=True)
+class Close:
+    code: int
+    reason: str = ""
+
+
+Action = Send | Submit | Cancel | Close
+
+
+@dataclass
+class _Final:
+    job: Job
+    closed_at: float | None = None  # when the endpoint was decided; None while speculative
+    result: JobResult | None = None
+
+
+class ServerSession:
+    """Protocol v1 for one connection: awaiting_start -> streaming -> stopping -> closed."""
+
+    def __init__(self, session_id: str, model: dict, limits: SessionLimits, now: float) -> None:
+        self.id = session_id
+        self.model = model
+        self.limits = limits
+        self.state: Literal["awaiting_start", "streaming", "stopping", "closed"] = "awaiting_start"
+        self.options: StartOptions | None = None
+        self.segments_sent = 0
+        self.started_at = now
+        self.last_message_at = now
+        self._received_seconds = 0.0
+        self._decoder: PcmStreamDecoder | None = None
+        self._vad: VadSegmenter | None = None
+        self._buffer = AudioBuffer()
+        self._finals: dict[int, _Final] = {}  # by segment index, until sent
+        self._next_to_send = 0
+        self._partial: Job | None = None  # the latest partial in flight
+        self._open_index = 0  # index of the open (or next) segment
+        self._next_partial_at = 0
+
+    # -- input ---------------------------------------------------------------------------
+
+    def receive(self, data: str | bytes, now: float) -> list[Action]:
+        """One client message."""
+        if self.state == "closed":
+            return []
+        self.last_message_at = now
+        try:
+            if len(data) > self.limits.max_message_bytes:
+                raise ProtocolError(
+                    "too_large",
+                    f"message of {len(data)} bytes exceeds {self.limits.max_message_bytes}",
+                )
+            message = parse_message(data)
+            if isinstance(message, Start):
+                return self._start(message.options)
+            if self.state == "awaiting_start":
+                raise ProtocolError("bad_message", "the first message must be a start message")
+            if self.state == "stopping":
+                raise ProtocolError("bad_message", "no messages are allowed after stop")
+            if isinstance(message, Audio):
+                return self._audio(message.data, now)
+            if isinstance(message, Flush):
+                return self._events(self._vad.flush(), now)
+            assert isinstance(message, Stop)
+            return self._stop(now)
+        except ProtocolError as e:
+            return self.fail(e)
+
+    def job_done(self, job: Job, result: JobResult, now: float) -> list[Action]:
+        """A model result for one of this session's jobs."""
+        if self.state == "closed":
+            return []
+        if job.kind == "partial":
+            return self._partial_done(job, result)
+        final = self._finals.get(job.segment)
+        if final is None or final.job is not job:
+            return []  # a speculative result whose segment ended elsewhere
+        final.result = result
+        return self._send_ready_finals(now)
+
+    def check_timeouts(self, now: float) -> list[Action]:
+        if self.state in ("closed", "stopping"):
+            return []
+        if now - self.started_at > self.limits.max_session_s:
+            return self.fail(
+                ProtocolError("limit", f"session longer than {self.limits.max_session_s:g} s")
+            )
+        if now - self.last_message_at > self.limits.idle_timeout_s:
+            return self.fail(
+                ProtocolError("limit", f"no message for {self.limits.idle_timeout_s:g} s")
+            )
+        return []
+
+    def shutdown(self, now: float) -> list[Action]:
+        """The server is draining: finish like a client stop."""
+        if self.state == "awaiting_start":
+            self.state = "closed"
+            return [Close(CloseCode.GOING_AWAY, "server shutting down")]
+        if self.state == "streaming":
+            try:
+                return self._stop(now)
+            except ProtocolError as e:
+                return self.fail(e)
+        return []
+
+    def fail(self, error: ProtocolError) -> list[Action]:
+        """A fatal error: tell the client, cancel outstanding work, close."""
+        actions: list[Action] = [Send(error_message(error.code, error.message))]
+        actions += [Cancel(job) for job in self.pending_jobs()]
+        self._finals.clear()
+        self._partial = None
+        self.state = "closed"
+        return [*actions, Close(error.close_code, error.code)]
+
+    def pending_jobs(self) -> list[Job]:
+        jobs = [final.job for final in self._finals.values() if final.result is None]
+        return jobs + ([self._partial] if self._partial is not None else [])
+
+    @property
+    def audio_seconds(self) -> float:
+        return self._vad.position / SAMPLE_RATE if self._vad else 0.0
+
+    # -- protocol steps ------------------------------------------------------------------
+
+    def _start(self, options: StartOptions) -> list[Action]:
+        if self.state != "awaiting_start":
+            raise ProtocolError("bad_message", "start was already received")
+        self.options = options
+        self._decoder = PcmStreamDecoder(options.sample_rate, options.encoding, options.channels)
+        self._vad = VadSegmenter(options.vad)
+        self.state = "streaming"
+        return [Send(ready_message(self.id, self.model))]
+
+    def _audio(self, data: bytes, now: float) -> list[Action]:
+        assert self.options is not None and self._decoder is not None
+        self._received_seconds += len(data) / (
+            self.options.bytes_per_frame * self.options.sample_rate
+        )
+        allowed = self.limits.realtime_burst_s + (now - self.started_at) * self.limits.max_realtime
+        if self._received_seconds > allowed:
+            raise ProtocolError(
+                "too_fast", f"audio is arriving faster than {self.limits.max_realtime:g}x real time"
+            )
+        try:
+            samples = self._decoder.decode(data)
+        except AudioError as e:
+            raise ProtocolError("bad_audio", str(e)) from None
+        return self._push(samples, now)
+
+    def _push(self, samples: np.ndarray, now: float) -> list[Action]:
+        assert self._vad is not None
+        self._buffer.append(samples)
+        actions = self._events(self._vad.push(samples), now)
+        actions += self._maybe_partial()
+        opts = self.options.vad
+        keep_from = self._vad.open_start
+        if keep_from is None:
+            keep_from = self._vad.position - opts.preroll_samples - opts.frame_samples
+        self._buffer.trim_before(keep_from)
+        if len(self._finals) > self.limits.max_pending_segments:
+            raise ProtocolError("limit", "the server is overloaded: too many segments waiting")
+        return actions
+
+    def _stop(self, now: float) -> list[Action]:
+        assert self._decoder is not None and self._vad is not None
+        actions = self._push(self._decoder.finish(), now)
+        actions += self._events(self._vad.finish(), now)
+        self.state = "stopping"
+        return actions + self._send_ready_finals(now)
+
+    # -- segmentation events -> jobs and messages --------------------------------------------
+
+    def _events(self, events: list[Event], now: float) -> list[Action]:
+        actions: list[Action] = []
+        offset = self.options.offset_samples
+        for event in events:
+            if isinstance(event, SpeechStarted):
+                actions.append(Send(speech_start_message(event.index, offset + event.start)))
+                self._open_index = event.index
+                self._next_partial_at = event.start + self._partial_interval
+            elif isinstance(event, EndpointCandidate):
+                # Speculative final: computed now, sent the moment the endpoint is certain.
+                job = self._job(event.index, "final", event.start, event.end)
+                self._finals[event.index] = _Final(job)
+                actions.append(Submit(job))
+            elif isinstance(event, CandidateCancelled):
+                final = self._finals.pop(event.index, None)
+                if final is not None:
+                    actions.append(Cancel(final.job))
+            elif isinstance(event, SegmentClosed):
+                actions += self._close_segment(event, now)
+        return actions
+
+    def _close_segment(self, event: SegmentClosed, now: float) -> list[Action]:
+        actions: list[Action] = []
+        segment = event.segment
+        final = self._finals.get(event.index)
+        if final is None or (final.job.start, final.job.end) != (segment.start, segment.end):
+            if final is not None:
+                actions.append(Cancel(final.job))
+            final = _Final(self._job(event.index, "final", segment.start, segment.end))
+            self._finals[event.index] = final
+            actions.append(Submit(final.job))
+        final.closed_at = now
+        if self._partial is not None and self._partial.segment == event.index:
+            actions.append(Cancel(self._partial))
+            self._partial = None
+        return actions + self._send_ready_finals(now)
+
+    def _job(self, segment: int, kind: Literal["final", "partial"], start: int, end: int) -> Job:
+        audio = self._buffer.slice(start, end)
+        text = kind == "final" and self.options.text
+        return Job(self.id, segment, kind, start, end, audio, text)
+
+    @property
+    def _partial_interval(self) -> int:
+        return self.options.partial_interval_ms * SAMPLE_RATE // 1000
+
+    def _maybe_partial(self) -> list[Action]:
+        start = self._vad.open_start
+        position = self._vad.position
+        if not self.options.partials or start is None or position < self._next_partial_at:
+            return []
+        self._next_partial_at = position + self._partial_interval
+        job = self._job(self._open_index, "partial", start, position)
+        self._partial = job
+        return [Submit(job)]
+
+    def _partial_done(self, job: Job, result: JobResult) -> list[Action]:
+        if job is not self._partial:
+            return []  # superseded, or its segment has ended
+        self._partial = None
+        if result.tokens is None:
+            return []  # partials are best effort; the final reports errors
+        offset = self.options.offset_samples
+        return [
+            Send(partial_message(job.segment, offset + job.start, offset + job.end, result.tokens))
+        ]
+
+    def _send_ready_finals(self, now: float) -> list[Action]:
+        """Send finished segments strictly in segment order; done once nothing is left."""
+        actions: list[Action] = []
+        offset = self.options.offset_samples
+        while (final := self._finals.get(self._next_to_send)) is not None:
+            if final.closed_at is None or final.result is None:
+                break
+            del self._finals[self._next_to_send]
+            job, result = final.job, final.result
+            if result.error is not None:
+                actions.append(Send(error_message("internal", result.error, segment=job.segment)))
+            else:
+                tokens = result.tokens or []
+                llm = (
+                    format_tokens(tokens, self.options.llm_format)
+                    if self.options.llm_format
+                    else None
+                )
+                endpoint_ms = (now - final.closed_at) * 1000
+                actions.append(
+                    Send(
+                        segment_message(
+                            job.segment,
+                            offset + job.start,
+                            offset + job.end,
+                            tokens,
+                            endpoint_ms,
+                            result.text,
+                            llm,
+                        )
+                    )
+                )
+                self.segments_sent += 1
+            self._next_to_send += 1
+        if self.state == "stopping" and not self._finals:
+            self.state = "closed"
+            actions += [
+                Send(done_message(self.segments_sent, self.audio_seconds)),
+                Close(CloseCode.NORMAL),
+            ]
+        return actions
