@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -13,33 +11,12 @@ from .checkpoint import build_head, read_checkpoint, sha256_file
 from .constants import TOKEN_RATE
 from .errors import ModelLoadError
 from .model import IchigoTokenizer
+from .model_info import DEFAULT_MODEL, DTYPE_NAMES, LoadOptions, ModelInfo
 from .whisper_weights import build_encoder, build_text_model, read_whisper, resolve_whisper
 
-DEFAULT_MODEL = "homebrewltd/ichigo-whisper:merge-medium-vi-2d-2560c-dim64.pth"
+# Encoder precisions by name (the names live in model_info, which CLI parsing imports).
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What a token consumer needs to know about the model that made the tokens."""
-
-    name: str
-    sha256: str
-    codebook_size: int
-    mask_token: int
-    token_rate: int
-    whisper: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class LoadOptions:
-    model: str = DEFAULT_MODEL
-    whisper: str | None = None  # None: the Whisper the checkpoint was trained on
-    device: str = "cpu"
-    dtype: str = "float32"
+assert tuple(DTYPES) == DTYPE_NAMES
 
 
 def resolve_model(ref: str) -> Path:

@@ -68,6 +68,7 @@ class Job:
     end: int
     audio: np.ndarray
     text: bool = False
+    language: str | None = None
     id: int = field(default_factory=lambda: next(_job_ids))
 
 
@@ -112,8 +113,17 @@ class _Final:
 class ServerSession:
     """Protocol v1 for one connection: awaiting_start -> streaming -> stopping -> closed."""
 
-    def __init__(self, session_id: str, model: dict, limits: SessionLimits, now: float) -> None:
+    def __init__(
+        self,
+        session_id: str,
+        model: dict,
+        limits: SessionLimits,
+        now: float,
+        *,
+        text_available: bool = False,
+    ) -> None:
         self.id = session_id
+        self.text_available = text_available
         self.model = model
         self.limits = limits
         self.state: Literal["awaiting_start", "streaming", "stopping", "closed"] = "awaiting_start"
@@ -219,6 +229,10 @@ class ServerSession:
     def _start(self, options: StartOptions) -> list[Action]:
         if self.state != "awaiting_start":
             raise ProtocolError("bad_message", "start was already received")
+        if options.text and not self.text_available:
+            raise ProtocolError(
+                "unsupported", "text was asked for but this server runs without --text"
+            )
         self.options = options
         self._decoder = PcmStreamDecoder(options.sample_rate, options.encoding, options.channels)
         self._vad = VadSegmenter(options.vad)
@@ -304,7 +318,7 @@ class ServerSession:
     def _job(self, segment: int, kind: Literal["final", "partial"], start: int, end: int) -> Job:
         audio = self._buffer.slice(start, end)
         text = kind == "final" and self.options.text
-        return Job(self.id, segment, kind, start, end, audio, text)
+        return Job(self.id, segment, kind, start, end, audio, text, self.options.language)
 
     @property
     def _partial_interval(self) -> int:
@@ -340,30 +354,28 @@ class ServerSession:
                 break
             del self._finals[self._next_to_send]
             job, result = final.job, final.result
-            if result.error is not None:
-                actions.append(Send(error_message("internal", result.error, segment=job.segment)))
-            else:
-                tokens = result.tokens or []
+            if result.tokens is not None:
+                tokens = result.tokens
                 llm = (
                     format_tokens(tokens, self.options.llm_format)
                     if self.options.llm_format
                     else None
                 )
                 endpoint_ms = (now - final.closed_at) * 1000
-                actions.append(
-                    Send(
-                        segment_message(
-                            job.segment,
-                            offset + job.start,
-                            offset + job.end,
-                            tokens,
-                            endpoint_ms,
-                            result.text,
-                            llm,
-                        )
-                    )
+                message = segment_message(
+                    job.segment,
+                    offset + job.start,
+                    offset + job.end,
+                    tokens,
+                    endpoint_ms,
+                    result.text,
+                    llm,
                 )
+                actions.append(Send(message))
                 self.segments_sent += 1
+            if result.error is not None:
+                # Non-fatal: this segment (or its text) failed; the session goes on.
+                actions.append(Send(error_message("internal", result.error, segment=job.segment)))
             self._next_to_send += 1
         if self.state == "stopping" and not self._finals:
             self.state = "closed"

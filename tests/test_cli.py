@@ -19,7 +19,7 @@ import pytest
 import torch
 from models import ModelFiles
 
-from ichigo_stream import cli
+from ichigo_stream import cli, cli_offline
 from ichigo_stream.audio import load_audio
 from ichigo_stream.constants import SAMPLE_RATE
 from ichigo_stream.errors import AudioError
@@ -334,13 +334,13 @@ def test_interrupt_and_library_errors_in_process(
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_load", interrupted)
+    monkeypatch.setattr(cli_offline, "load_model", interrupted)
     assert cli.main(["tokenize", str(audio_dir / GOOD[0]), "--model", "x.pth"]) == 130
 
     def failing(*args: object, **kwargs: object) -> None:
         raise AudioError("bad\nthing")
 
-    monkeypatch.setattr(cli, "_load", failing)
+    monkeypatch.setattr(cli_offline, "load_model", failing)
     assert cli.main(["tokenize", str(audio_dir / GOOD[0]), "--model", "x.pth"]) == 2
 
 

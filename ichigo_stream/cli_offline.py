@@ -1,0 +1,296 @@
+"""The offline subcommands: tokenize, transcribe and make-random-model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from .cli_common import (
+    ENV_DEVICE,
+    ENV_DTYPE,
+    ENV_MODEL,
+    ENV_WHISPER,
+    EXIT_FILES_FAILED,
+    EXIT_OK,
+    OUTPUT_FORMATS,
+    PROG,
+    Command,
+    add_model_arguments,
+    add_output_argument,
+    add_segment_arguments,
+    batch_options,
+    load_model,
+    load_options,
+    open_output,
+    positive_int,
+    report,
+    tokenized,
+)
+from .constants import SAMPLE_RATE
+from .errors import IchigoStreamError
+from .pipeline import FileResult
+from .tokens import to_ichigo, to_ichigo_rle
+
+# -- tokenize ----------------------------------------------------------------------------------
+
+TOKENIZE_EPILOG = f"""\
+output formats (--format), one line per FILE in the order given:
+  jsonl       {{"file", "sample_rate": 16000, "segments": [{{"start", "end", "tokens"}}],
+              "model": {{"name", "sha256", "codebook_size", "mask_token", "token_rate",
+              "whisper"}}}}; start/end in seconds (whole 16 kHz samples / 16000).
+              A file that fails gives {{"file", "error"}}.
+  ichigo      the text Ichigo LLMs read: per segment <|sound_start|><|sound_NNNN|>...
+              <|sound_end|>, segments separated by one space; a file that failed or holds
+              no speech gives an empty line.
+  ichigo-rle  as ichigo, runs of k > 1 equal tokens as <|duration_KK|><|sound_NNNN|>.
+
+--plot PNG draws each file's waveform (segments shaded) and token ids over time. With
+several FILEs it writes STEM-0.png, STEM-1.png, ... next to PNG (the index is the file's
+position among the FILEs; failed files get no plot).
+
+Failed files (unreadable, empty, over 30 s with --segment none, ...) are reported on stderr
+and skipped; the exit status is then 1. Model errors exit with 2.
+environment: {ENV_MODEL}, {ENV_WHISPER}, {ENV_DEVICE}, {ENV_DTYPE} (flags win).
+"""
+
+
+def _tokenize_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (any format)")
+    add_model_arguments(parser)
+    add_segment_arguments(parser)
+    parser.add_argument(
+        "--format",
+        choices=OUTPUT_FORMATS,
+        default="jsonl",
+        help="jsonl (default): one JSON object per file; ichigo / ichigo-rle: one line of LLM "
+        "sound-token text per file (see below)",
+    )
+    add_output_argument(parser)
+    parser.add_argument(
+        "--plot",
+        metavar="PNG",
+        help="also draw waveform, segments and tokens to PNG (STEM-<index>.png per file when "
+        "several)",
+    )
+
+
+def _jsonl_line(result: FileResult, model: dict[str, Any]) -> str:
+    if result.error is not None:
+        return json.dumps({"file": result.file, "error": result.error})
+    segments = [
+        {"start": s.start / SAMPLE_RATE, "end": s.end / SAMPLE_RATE, "tokens": s.tokens}
+        for s in result.segments
+    ]
+    record = {"file": result.file, "sample_rate": SAMPLE_RATE, "segments": segments}
+    return json.dumps({**record, "model": model})
+
+
+def _ichigo_line(result: FileResult, fmt: str) -> str:
+    encode = to_ichigo_rle if fmt == "ichigo-rle" else to_ichigo
+    return " ".join(encode(s.tokens) for s in result.segments)
+
+
+def plot_paths(png: str, n_files: int) -> list[Path]:
+    """Where --plot PNG writes each file's plot: PNG itself, or STEM-<index>.png when several."""
+    path = Path(png)
+    if n_files == 1:
+        return [path]
+    suffix = path.suffix or ".png"
+    return [path.with_name(f"{path.stem}-{i}{suffix}") for i in range(n_files)]
+
+
+def _run_tokenize(args: argparse.Namespace) -> int:
+    load, batch = load_options(args), batch_options(args)
+    plots = plot_paths(args.plot, len(args.files)) if args.plot else None
+    if plots is not None:
+        if not plots[0].parent.is_dir():
+            raise IchigoStreamError(f"--plot {args.plot}: no directory {plots[0].parent}")
+        try:
+            from .plot import plot_tokens
+        except ImportError:
+            raise IchigoStreamError("--plot needs matplotlib: pip install matplotlib") from None
+    with open_output(args.output) as out:
+        tokenizer, info = load_model(load)
+        model = info.to_dict()
+        failed = False
+        results = tokenized(args.files, tokenizer, batch, keep_audio=plots is not None)
+        for index, result in enumerate(results):
+            failed |= report(result)
+            if args.format == "jsonl":
+                line = _jsonl_line(result, model)
+            else:
+                line = _ichigo_line(result, args.format)
+            out.write(line + "\n")
+            out.flush()  # consumers see each file as soon as it is done
+            if plots is not None and result.audio is not None:
+                plot_tokens(
+                    plots[index],
+                    result.audio,
+                    result.segments,
+                    title=Path(result.file).name,
+                    codebook_size=info.codebook_size,
+                )
+    return EXIT_FILES_FAILED if failed else EXIT_OK
+
+
+# -- transcribe --------------------------------------------------------------------------------
+
+TRANSCRIBE_EPILOG = """\
+output: for each FILE a line "# FILE", then one line per segment:
+  [MM:SS.mmm --> MM:SS.mmm] text
+The text is Whisper's decoder reading the tokens, i.e. what the tokens still carry.
+"""
+
+
+def _transcribe_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (any format)")
+    add_model_arguments(parser)
+    add_segment_arguments(parser)
+    parser.add_argument("--language", help="language code (default: Whisper detects it)")
+    parser.add_argument("--prompt", help="text prompt for Whisper's decoder")
+    add_output_argument(parser)
+
+
+def timestamp(samples: int) -> str:
+    """[HH:]MM:SS.mmm of a sample position, to the millisecond."""
+    ms = samples * 1000 // SAMPLE_RATE
+    hours, ms = divmod(ms, 3_600_000)
+    minutes, ms = divmod(ms, 60_000)
+    seconds, ms = divmod(ms, 1000)
+    head = f"{hours:02d}:" if hours else ""
+    return f"{head}{minutes:02d}:{seconds:02d}.{ms:03d}"
+
+
+def _run_transcribe(args: argparse.Namespace) -> int:
+    from .model import TextOptions
+
+    load, batch = load_options(args), batch_options(args)
+    text_options = TextOptions(language=args.language, prompt=args.prompt)
+    with open_output(args.output) as out:
+        tokenizer, _ = load_model(load, text=True)
+        failed = False
+        for result in tokenized(args.files, tokenizer, batch, text_options=text_options):
+            if report(result):
+                failed = True
+                continue
+            lines = [f"# {result.file}"] + [
+                f"[{timestamp(s.start)} --> {timestamp(s.end)}] {s.text or ''}"
+                for s in result.segments
+            ]
+            out.write("\n".join(lines) + "\n")
+            out.flush()
+    return EXIT_FILES_FAILED if failed else EXIT_OK
+
+
+# -- make-random-model -------------------------------------------------------------------------
+
+RANDOM_MODEL_EPILOG = """\
+Writes random weights in the real file formats: the quantizer as an Ichigo .pth (or a
+WhisperSpeech .model) and Whisper as an openai-whisper .pt. They run exactly as fast as real
+weights, so they serve offline smoke runs, benchmarks and tests; their tokens and text are
+meaningless. --full NAME gives a Whisper of that released model's full size.
+"""
+
+
+def _random_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", metavar="OUT.pth", help="quantizer checkpoint to write")
+    parser.add_argument(
+        "--whisper-out", required=True, metavar="OUT.pt", help="Whisper checkpoint to write"
+    )
+    parser.add_argument(
+        "--width", type=positive_int, help="encoder width, a multiple of 64 (default 1024)"
+    )
+    parser.add_argument(
+        "--codes", type=positive_int, default=2561, help="codebook size incl. mask (default 2561)"
+    )
+    parser.add_argument(
+        "--layers", type=positive_int, help="Whisper encoder layers (default 2; fewer is faster)"
+    )
+    parser.add_argument(
+        "--format",
+        choices=("ichigo", "whisperspeech"),
+        default="ichigo",
+        help="quantizer file format (default ichigo)",
+    )
+    parser.add_argument(
+        "--full",
+        metavar="NAME",
+        help="full-size Whisper with the dims of a released model: tiny, base, small, medium, "
+        "large-v3",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def _run_make_random_model(args: argparse.Namespace) -> int:
+    from .checkpoint import dims_for, write_random_checkpoint
+    from .whisper_weights import RELEASED_WHISPER_DIMS, random_whisper_dims, write_random_whisper
+
+    if args.full is not None:
+        if args.full not in RELEASED_WHISPER_DIMS:
+            names = ", ".join(RELEASED_WHISPER_DIMS)
+            raise IchigoStreamError(f"--full {args.full!r}: expected one of {names}")
+        released = RELEASED_WHISPER_DIMS[args.full]
+        if args.width not in (None, released["width"]) or args.layers is not None:
+            raise IchigoStreamError(
+                f"--full {args.full} fixes width {released['width']} and the layer counts; "
+                "drop --width/--layers"
+            )
+        whisper_dims = random_whisper_dims(**released)
+    else:
+        width = args.width or 1024
+        if width % 64:
+            raise IchigoStreamError(f"--width {width}: must be a multiple of 64")
+        whisper_dims = random_whisper_dims(width, n_layer=args.layers or 2)
+    if not 2 <= args.codes <= 10_000:
+        raise IchigoStreamError(f"--codes {args.codes}: must be in 2..10000 (4-digit token ids)")
+    quantizer_dims = dims_for(whisper_dims.n_audio_state, args.codes)
+    whisper_out, out = Path(args.whisper_out), Path(args.out)
+    try:
+        write_random_whisper(whisper_out, whisper_dims, seed=args.seed)
+        # A WhisperSpeech file names its Whisper: point it at the one written here.
+        write_random_checkpoint(
+            out,
+            quantizer_dims,
+            format=args.format,
+            whisper_name=str(whisper_out.resolve()),
+            seed=args.seed + 1,
+        )
+    except OSError as e:
+        raise IchigoStreamError(f"cannot write {e.filename or out}: {e.strerror or e}") from None
+    print(
+        f"wrote {out} ({args.format} quantizer: width {quantizer_dims.width}, "
+        f"{quantizer_dims.codebook_size} codes, mask {quantizer_dims.mask_token}) and "
+        f"{whisper_out} (Whisper: {whisper_dims.n_audio_layer} encoder / "
+        f"{whisper_dims.n_text_layer} decoder layers, {whisper_dims.n_mels} mels)\n"
+        f"try: {PROG} tokenize --model {out} --whisper {whisper_out} FILE"
+    )
+    return EXIT_OK
+
+
+# -- registration --------------------------------------------------------------
+
+OFFLINE_COMMANDS: tuple[Command, ...] = (
+    Command(
+        "tokenize",
+        "audio files -> Ichigo sound tokens (jsonl or LLM text)",
+        _tokenize_arguments,
+        _run_tokenize,
+        TOKENIZE_EPILOG,
+    ),
+    Command(
+        "transcribe",
+        "audio files -> tokens -> text through Whisper's decoder",
+        _transcribe_arguments,
+        _run_transcribe,
+        TRANSCRIBE_EPILOG,
+    ),
+    Command(
+        "make-random-model",
+        "write random-weight checkpoints in the real formats (offline smoke runs, tests)",
+        _random_model_arguments,
+        _run_make_random_model,
+        RANDOM_MODEL_EPILOG,
+    ),
+)

@@ -1,0 +1,312 @@
+"""The asyncio layer: websockets connections <-> ServerSession, the model worker, HTTP routes.
+
+Thin on purpose: protocol decisions live in ichigo_stream.session (sans-I/O); this module
+moves bytes, time and results between the socket, the session and the worker. Lifecycle
+(run_server): load -> warm up -> serve -> drain on SIGTERM/SIGINT within a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import signal
+import ssl
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from ichigo_stream.loading import ModelInfo, load_tokenizer
+from ichigo_stream.model import IchigoTokenizer
+from ichigo_stream.protocol import STREAM_PATH, CloseCode, ProtocolError, encode
+from ichigo_stream.session import Action, Cancel, Close, Job, JobResult, Send, ServerSession, Submit
+
+from .config import ServerConfig
+from .metrics import ServerMetrics
+from .worker import ModelWorker
+
+log = logging.getLogger("ichigo_stream.server")
+STATIC = Path(__file__).parent / "static"
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css",
+}
+
+
+class _Connection:
+    def __init__(self, ws: ServerConnection, session: ServerSession) -> None:
+        self.ws = ws
+        self.session = session
+        self.outbox: asyncio.Queue[Send | Close] = asyncio.Queue()
+        self.audio_seconds = 0.0
+
+
+class StreamServer:
+    def __init__(self, config: ServerConfig, tokenizer: IchigoTokenizer, info: ModelInfo) -> None:
+        self.config = config
+        self.info = info
+        self.metrics = ServerMetrics()
+        self.worker = ModelWorker(
+            tokenizer,
+            self._result_from_worker,
+            max_batch=config.max_batch,
+            max_wait_s=config.max_wait_ms / 1000,
+        )
+        self.connections: dict[str, _Connection] = {}
+        self._server: Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self.draining = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.worker.start()
+        limit = self.config.limits.max_message_bytes
+        self._server = await serve(
+            self._handle,
+            self.config.host,
+            self.config.port,
+            process_request=self._http,
+            # Our own size check answers with an error message first; this is the hard stop.
+            max_size=4 * limit + 1024,
+            ssl=self._ssl_context(),
+            compression=None,  # PCM does not compress; deflate would only cost CPU
+        )
+        self._ticker = asyncio.create_task(self._tick())
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[1]
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if not self.config.certfile:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.config.certfile, self.config.keyfile)
+        return context
+
+    async def drain(self) -> None:
+        """Stop accepting, finish every open segment, send done, close; all within the timeout."""
+        assert self._server is not None and self._loop is not None
+        self.draining = True
+        self._server.close(close_connections=False)
+        for conn in list(self.connections.values()):
+            self._perform(conn, conn.session.shutdown(self._loop.time()))
+        try:
+            await asyncio.wait_for(self._server.wait_closed(), self.config.drain_timeout_s)
+        except TimeoutError:
+            log.warning("drain timeout: closing %d connection(s) unfinished", len(self.connections))
+            for conn in list(self.connections.values()):
+                await conn.ws.close(CloseCode.GOING_AWAY, "server shutting down")
+        if self._ticker:
+            self._ticker.cancel()
+        await asyncio.to_thread(self.worker.stop)
+
+    # -- HTTP on the same port -----------------------------------------------------------
+
+    def _http(self, connection: ServerConnection, request: Request) -> Response | None:
+        url = urlsplit(request.path)
+        if url.path == STREAM_PATH:
+            if self.config.token and not self._authorized(request, url.query):
+                response = connection.respond(
+                    401, "unauthorized: a valid bearer token is required\n"
+                )
+                response.headers["WWW-Authenticate"] = 'Bearer realm="ichigo-stream"'
+                return response
+            return None  # go on with the WebSocket handshake
+        if url.path == "/healthz":
+            healthy = self.worker.healthy() and not self.draining
+            return connection.respond(
+                200 if healthy else 503, "ok\n" if healthy else "unavailable\n"
+            )
+        if url.path == "/metrics":
+            return _response(
+                200, self._render_metrics(), "text/plain; version=0.0.4; charset=utf-8"
+            )
+        page = STATIC / ("index.html" if url.path == "/" else url.path.lstrip("/"))
+        if (
+            page.resolve().parent == STATIC.resolve()
+            and page.is_file()
+            and page.suffix in CONTENT_TYPES
+        ):
+            return _response(200, page.read_text(), CONTENT_TYPES[page.suffix])
+        return connection.respond(404, "not found\n")
+
+    def _authorized(self, request: Request, query: str) -> bool:
+        expected = self.config.token.encode()
+        header = request.headers.get("Authorization", "")
+        scheme, _, credential = header.partition(" ")
+        candidates = [credential] if scheme.lower() == "bearer" else []
+        candidates += parse_qs(query).get("token", [])
+        # Constant-time comparison: the token must not leak through response timing.
+        return any(hmac.compare_digest(c.encode(), expected) for c in candidates)
+
+    def _render_metrics(self) -> str:
+        stats = self.worker.stats
+        sizes, stats.batch_sizes = stats.batch_sizes, []
+        for size in sizes:
+            self.metrics.batch_size.observe(size)
+        gauges = {
+            "ichigo_sessions": ("Open WebSocket sessions.", len(self.connections)),
+            "ichigo_queue_depth": ("Jobs waiting for the model worker.", self.worker.queue_depth),
+            "ichigo_worker_healthy": (
+                "1 while the model worker answers.",
+                int(self.worker.healthy()),
+            ),
+        }
+        counters = {
+            "ichigo_partials_shed_total": ("Partial jobs dropped under load.", stats.partials_shed),
+            "ichigo_model_jobs_failed_total": ("Model jobs that raised.", stats.jobs_failed),
+        }
+        return self.metrics.render(gauges, counters)
+
+    # -- WebSocket sessions ----------------------------------------------------------------
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        session = ServerSession(
+            uuid.uuid4().hex[:16],
+            self.info.to_dict(),
+            self.config.limits,
+            now,
+            text_available=self.config.text,
+        )
+        origin = ws.request.headers.get("Origin") if ws.request else None
+        if self.config.allow_origins and origin not in self.config.allow_origins:
+            await _refuse(
+                ws, session, ProtocolError("unauthorized", f"origin {origin!r} is not allowed")
+            )
+            return
+        if len(self.connections) >= self.config.max_sessions or self.draining:
+            error = ProtocolError(
+                "limit", "server full: try again later", CloseCode.TRY_AGAIN_LATER
+            )
+            await _refuse(ws, session, error)
+            return
+        conn = _Connection(ws, session)
+        self.connections[session.id] = conn
+        self.metrics.sessions_total += 1
+        writer = asyncio.create_task(self._write(conn))
+        try:
+            async for message in ws:
+                self._perform(conn, session.receive(message, self._loop.time()))
+                self._count_audio(conn)
+        except ConnectionClosed:
+            pass
+        finally:
+            for job in session.pending_jobs():
+                self.worker.cancel(job)
+            session.state = "closed"
+            conn.outbox.put_nowait(Close(CloseCode.NORMAL))
+            await writer
+            del self.connections[session.id]
+
+    def _perform(self, conn: _Connection, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Submit):
+                self.worker.submit(action.job)
+            elif isinstance(action, Cancel):
+                self.worker.cancel(action.job)
+            else:
+                if isinstance(action, Send):
+                    self.metrics.observe_message(action.message)
+                conn.outbox.put_nowait(action)
+
+    async def _write(self, conn: _Connection) -> None:
+        """Send the session's messages in order; a Close ends the connection."""
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                action = await conn.outbox.get()
+                if isinstance(action, Close):
+                    await conn.ws.close(action.code, action.reason)
+                    return
+                await conn.ws.send(encode(action.message))
+
+    def _count_audio(self, conn: _Connection) -> None:
+        seconds = conn.session.audio_seconds
+        self.metrics.audio_seconds_in += seconds - conn.audio_seconds
+        conn.audio_seconds = seconds
+
+    def _result_from_worker(self, job: Job, result: JobResult) -> None:
+        """Called on the worker thread: hand over to the event loop, never block the worker."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._deliver, job, result)
+
+    def _deliver(self, job: Job, result: JobResult) -> None:
+        conn = self.connections.get(job.session)
+        if conn is not None:
+            self._perform(conn, conn.session.job_done(job, result, self._loop.time()))
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = self._loop.time()
+            for conn in list(self.connections.values()):
+                self._perform(conn, conn.session.check_timeouts(now))
+
+
+def _response(status: int, body: str, content_type: str) -> Response:
+    data = body.encode()
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(data)))])
+    return Response(status, "OK" if status == 200 else "", headers, data)
+
+
+async def _refuse(ws: ServerConnection, session: ServerSession, error: ProtocolError) -> None:
+    for action in session.fail(error):
+        if isinstance(action, Send):
+            await ws.send(encode(action.message))
+        elif isinstance(action, Close):
+            await ws.close(action.code, action.reason)
+
+
+@contextlib.asynccontextmanager
+async def running_server(
+    config: ServerConfig, tokenizer: IchigoTokenizer, info: ModelInfo
+) -> AsyncIterator[StreamServer]:
+    """A started server that drains on exit (tests and embedding)."""
+    server = StreamServer(config, tokenizer, info)
+    server.worker.warm_up(text=config.text)
+    await server.start()
+    try:
+        yield server
+    finally:
+        if not server.draining:
+            await server.drain()
+
+
+async def _serve_until_signalled(
+    config: ServerConfig, tokenizer: IchigoTokenizer, info: ModelInfo
+) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with running_server(config, tokenizer, info) as server:
+        scheme = "wss" if config.certfile else "ws"
+        log.info("serving %s://%s:%d%s", scheme, config.host, server.port, STREAM_PATH)
+        print(
+            f"ichigo-stream: serving {scheme}://{config.host}:{server.port}{STREAM_PATH}",
+            flush=True,
+        )
+        await stop.wait()
+        log.info("draining %d session(s)", len(server.connections))
+        await server.drain()
+
+
+def run_server(config: ServerConfig) -> None:
+    """load -> warm up -> serve -> drain on SIGTERM/SIGINT."""
+    log.info("loading %s", config.load.model)
+    tokenizer, info = load_tokenizer(config.load, text=config.text)
+    asyncio.run(_serve_until_signalled(config, tokenizer, info))

@@ -1,0 +1,101 @@
+"""Server configuration: command line (or ICHIGO_* environment variables) -> frozen ServerConfig."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+
+from ichigo_stream.model_info import DEFAULT_MODEL, DTYPE_NAMES, LoadOptions
+from ichigo_stream.session import SessionLimits
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    load: LoadOptions = field(default_factory=LoadOptions)
+    text: bool = False  # load Whisper's decoder so sessions may ask for text
+    max_batch: int = 32
+    max_wait_ms: float = 2.0
+    max_sessions: int = 256
+    token: str | None = None
+    allow_origins: tuple[str, ...] = ()  # empty: any Origin (or none) is accepted
+    certfile: str | None = None
+    keyfile: str | None = None
+    limits: SessionLimits = field(default_factory=SessionLimits)
+    drain_timeout_s: float = 30.0
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"ICHIGO_{name.upper()}", default)
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `serve` options; each also reads ICHIGO_<NAME> from the environment (CLI wins)."""
+    add = parser.add_argument
+    add("--host", default=_env("host", "127.0.0.1"))
+    add("--port", type=int, default=int(_env("port", "8765")))
+    add("--model", default=_env("model", DEFAULT_MODEL), help="quantizer: HF REPO:FILE or a path")
+    add("--whisper", default=_env("whisper"), help="Whisper name or .pt (default: from the model)")
+    add("--device", default=_env("device", "cpu"), help="cpu or cuda[:N]")
+    add("--dtype", default=_env("dtype", "float32"), choices=DTYPE_NAMES)
+    add(
+        "--text",
+        action="store_true",
+        default=_env("text", "") == "1",
+        help="load Whisper's decoder for text",
+    )
+    add(
+        "--max-batch",
+        type=int,
+        default=int(_env("max_batch", "32")),
+        help="clips per encoder batch",
+    )
+    add("--max-sessions", type=int, default=int(_env("max_sessions", "256")))
+    add("--token", default=_env("token"), help="require this bearer token (header or ?token=)")
+    add(
+        "--allow-origin",
+        nargs="+",
+        default=(_env("allow_origin") or "").split(),
+        metavar="ORIGIN",
+        help="accept browser connections only from these origins",
+    )
+    add("--certfile", default=_env("certfile"), help="TLS certificate (serve wss://)")
+    add("--keyfile", default=_env("keyfile"), help="TLS private key")
+    add(
+        "--max-realtime",
+        type=float,
+        default=float(_env("max_realtime", "10")),
+        help="refuse audio arriving faster than this many times real time",
+    )
+    add("--max-message-kb", type=int, default=int(_env("max_message_kb", "1024")))
+    add("--max-session-s", type=float, default=float(_env("max_session_s", "14400")))
+    add("--idle-timeout-s", type=float, default=float(_env("idle_timeout_s", "60")))
+    add("--drain-timeout-s", type=float, default=float(_env("drain_timeout_s", "30")))
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    if bool(args.certfile) != bool(args.keyfile):
+        raise SystemExit("ichigo-stream serve: error: --certfile and --keyfile go together")
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        load=LoadOptions(
+            model=args.model, whisper=args.whisper, device=args.device, dtype=args.dtype
+        ),
+        text=args.text,
+        max_batch=args.max_batch,
+        max_sessions=args.max_sessions,
+        token=args.token or None,
+        allow_origins=tuple(args.allow_origin),
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+        limits=SessionLimits(
+            max_message_bytes=args.max_message_kb * 1024,
+            max_realtime=args.max_realtime,
+            max_session_s=args.max_session_s,
+            idle_timeout_s=args.idle_timeout_s,
+        ),
+        drain_timeout_s=args.drain_timeout_s,
+    )

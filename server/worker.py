@@ -1,0 +1,200 @@
+"""The model worker: one thread owns the tokenizer and serves every session through a queue.
+
+Jobs come from the event loop (submit/cancel, thread-safe and non-blocking); results go back
+through a callback the caller makes loop-safe (call_soon_threadsafe). Scheduling:
+- finals before partials; a newer partial of a session replaces its queued older one;
+- a batch of up to max_batch clips, waiting at most max_wait_s for it to fill;
+- partials are shed first: none join a batch while finals are backlogged, and stale ones
+  are dropped;
+- text decoding runs one segment at a time between token batches, so no session's tokens
+  wait behind more than one decode;
+- a batch that raises is retried job by job, so a failing job fails alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ichigo_stream.model import IchigoTokenizer, TextOptions
+from ichigo_stream.session import Job, JobResult
+
+log = logging.getLogger("ichigo_stream.worker")
+
+ResultCallback = Callable[[Job, JobResult], None]
+
+
+@dataclass
+class WorkerStats:
+    """Counters read by /metrics (plain ints: single writer, torn reads are harmless)."""
+
+    batches: int = 0
+    batch_sizes: list[int] = field(default_factory=list)  # since the last scrape
+    jobs_done: int = 0
+    jobs_failed: int = 0
+    partials_shed: int = 0
+    texts_decoded: int = 0
+
+
+class ModelWorker:
+    def __init__(
+        self,
+        tokenizer: IchigoTokenizer,
+        on_result: ResultCallback,
+        *,
+        max_batch: int = 32,
+        max_wait_s: float = 0.002,
+        partial_max_age_s: float = 2.0,
+        stall_timeout_s: float = 120.0,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.on_result = on_result
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.partial_max_age_s = partial_max_age_s
+        self.stall_timeout_s = stall_timeout_s
+        self.stats = WorkerStats()
+        self._cond = threading.Condition()
+        self._finals: deque[Job] = deque()
+        self._partials: OrderedDict[str, tuple[Job, float]] = OrderedDict()  # by session
+        self._texts: deque[tuple[Job, list[int]]] = deque()
+        self._stopping = False
+        self._busy_since: float | None = None
+        self._thread = threading.Thread(target=self._run, name="ichigo-model-worker", daemon=True)
+
+    # -- event-loop side -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    def submit(self, job: Job) -> None:
+        with self._cond:
+            if job.kind == "final":
+                self._finals.append(job)
+            else:
+                self._partials.pop(job.session, None)
+                self._partials[job.session] = (job, time.monotonic())
+            self._cond.notify()
+
+    def cancel(self, job: Job) -> None:
+        """Drop a job that has not run; one that is running finishes and its result is ignored."""
+        with self._cond:
+            if job.kind == "partial":
+                queued = self._partials.get(job.session)
+                if queued is not None and queued[0] is job:
+                    del self._partials[job.session]
+            elif job in self._finals:
+                self._finals.remove(job)
+            else:
+                self._texts = deque(item for item in self._texts if item[0] is not job)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._finals) + len(self._partials) + len(self._texts)
+
+    def healthy(self) -> bool:
+        """Alive, and not stuck in one model call for longer than stall_timeout_s."""
+        busy_since = self._busy_since
+        stalled = busy_since is not None and time.monotonic() - busy_since > self.stall_timeout_s
+        return self._thread.is_alive() and not stalled
+
+    def warm_up(self, text: bool = False) -> None:
+        """One real batch before serving, so the first client does not pay for lazy init."""
+        silence = torch.zeros(16_000)
+        tokens = self.tokenizer.quantize([silence] * min(2, self.max_batch))
+        if text and self.tokenizer.has_text_model:
+            self.tokenizer.decode_text([tokens[0].tolist()])
+
+    # -- worker thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._finals or self._partials or self._texts or self._stopping):
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                if self._finals and len(self._finals) < self.max_batch and not self._texts:
+                    # Give concurrent endpoints a moment to share this batch.
+                    self._cond.wait(self.max_wait_s)
+                batch = self._take_batch()
+                text_job = self._texts.popleft() if self._texts else None
+            if batch:
+                self._run_batch(batch)
+            if text_job is not None:
+                self._run_text(*text_job)
+
+    def _take_batch(self) -> list[Job]:
+        batch: list[Job] = []
+        while self._finals and len(batch) < self.max_batch:
+            batch.append(self._finals.popleft())
+        now = time.monotonic()
+        backlogged = len(self._finals) > 0
+        while self._partials and len(batch) < self.max_batch:
+            _, (job, queued_at) = self._partials.popitem(last=False)
+            if backlogged or now - queued_at > self.partial_max_age_s:
+                self.stats.partials_shed += 1
+                continue
+            batch.append(job)
+        return batch
+
+    def _quantize(self, jobs: Sequence[Job]) -> list[list[int]]:
+        self._busy_since = time.monotonic()
+        try:
+            clips = [torch.from_numpy(job.audio) for job in jobs]
+            return [tokens.tolist() for tokens in self.tokenizer.quantize(clips)]
+        finally:
+            self._busy_since = None
+
+    def _run_batch(self, batch: list[Job]) -> None:
+        self.stats.batches += 1
+        self.stats.batch_sizes.append(len(batch))
+        try:
+            results = list(zip(batch, self._quantize(batch), strict=True))
+        except Exception:
+            log.exception("batch of %d failed; retrying its jobs one by one", len(batch))
+            results = []
+            for job in batch:
+                try:
+                    results.append((job, self._quantize([job])[0]))
+                except Exception as e:
+                    log.exception("job %s/%s failed", job.session, job.segment)
+                    self.stats.jobs_failed += 1
+                    self.on_result(job, JobResult(error=f"model failed on this segment: {e}"))
+        for job, tokens in results:
+            self.stats.jobs_done += 1
+            if job.text and job.kind == "final":
+                with self._cond:
+                    self._texts.append((job, tokens))
+            else:
+                self.on_result(job, JobResult(tokens=tokens))
+
+    def _run_text(self, job: Job, tokens: list[int]) -> None:
+        self._busy_since = time.monotonic()
+        try:
+            text = (
+                self.tokenizer.decode_text([tokens], TextOptions(language=job.language))[0]
+                if tokens
+                else ""
+            )
+            self.stats.texts_decoded += 1
+            self.on_result(job, JobResult(tokens=tokens, text=text))
+        except Exception as e:
+            log.exception("text decoding failed for %s/%s", job.session, job.segment)
+            self.on_result(
+                job, JobResult(tokens=tokens, text=None, error=f"text decoding failed: {e}")
+            )
+        finally:
+            self._busy_since = None
