@@ -37,7 +37,7 @@ from ichigo_stream.audio import load_audio
 from ichigo_stream.checkpoint import dims_for, write_random_checkpoint
 from ichigo_stream.constants import SAMPLE_RATE
 from ichigo_stream.loading import LoadOptions, load_tokenizer
-from ichigo_stream.pipeline import tokenize_files
+from ichigo_stream.pipeline import default_batch_size, tokenize_files
 from ichigo_stream.whisper_weights import (
     RELEASED_WHISPER_DIMS,
     random_whisper_dims,
@@ -140,7 +140,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=16)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, help="default: 1 on CPU, 32 on CUDA")
     parser.add_argument("--segment", choices=["none", "vad", "fixed"], default="none")
     parser.add_argument("--repeats", type=int, default=2, help="best of N timed runs each")
     parser.add_argument("--seed", type=int, default=0)
@@ -176,6 +176,7 @@ def main() -> None:
             our_times.append(elapsed)
             our_peak = peak_memory(args.device)
 
+    batch = args.batch_size or default_batch_size(tokenizer.device.type)
     ref_speed = audio_seconds / min(ref_times)
     our_speed = audio_seconds / min(our_times)
     identical = ref_tokens == our_tokens
@@ -188,7 +189,7 @@ def main() -> None:
     rows = [
         ("reference loop (float32, batch 1)", ref_speed, min(ref_times), ref_peak),
         (
-            f"ichigo_stream ({args.dtype}, batch {args.batch_size})",
+            f"ichigo_stream ({args.dtype}, batch {batch})",
             our_speed,
             min(our_times),
             our_peak,

@@ -61,7 +61,7 @@ class BatchOptions:
 
     mode: SegmentMode
     vad: VadOptions
-    batch_size: int
+    batch_size: int | None  # None: by device (pipeline.default_batch_size)
 
 
 # -- shared argument groups and their options dataclasses ------------------------------------
@@ -134,9 +134,10 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--batch-size",
         type=positive_int,
-        default=8,
+        default=None,
         metavar="N",
-        help="segments per encoder batch, across files (default 8); output does not depend on it",
+        help="segments per encoder batch, across files (default 1 on CPU, where batching does "
+        "not pay, 32 on CUDA); output does not depend on it",
     )
     for flag, name, kind, metavar, text in VAD_FLAGS:
         default = getattr(vad, name)

@@ -28,6 +28,7 @@ class FakeTokenizer:
         self.batches: list[int] = []
         self.threads: set[int] = set()
         self.has_text_model = text
+        self.device = torch.device("cpu")
 
     def quantize(self, clips: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         self.batches.append(len(clips))
@@ -219,3 +220,10 @@ def test_paths_are_read_lazily(files: list[Path]) -> None:
     results = tokenize_files(walk(), FakeTokenizer(), mode="fixed", batch_size=1, prefetch=2)
     assert next(results).file == str(files[0]) and len(taken) <= 4
     assert [r.file for r in results] == [str(p) for p in files[1:]]
+
+
+def test_default_batch_size_follows_the_device(files: list[Path]) -> None:
+    tokenizer = FakeTokenizer()
+    list(tokenize_files(files, tokenizer))
+    assert set(tokenizer.batches) == {1}  # CPU: one clip per encoder call
+    assert pipeline.default_batch_size("cuda") == 32
