@@ -14,7 +14,7 @@ import logging
 import signal
 import ssl
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -23,6 +23,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from ichigo_stream.errors import IchigoStreamError
 from ichigo_stream.loading import ModelInfo, load_tokenizer
 from ichigo_stream.model import IchigoTokenizer
 from ichigo_stream.protocol import STREAM_PATH, CloseCode, ProtocolError, encode
@@ -69,19 +70,25 @@ class StreamServer:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Listen; an address that cannot be bound is an IchigoStreamError, not a traceback."""
         self._loop = asyncio.get_running_loop()
-        self.worker.start()
         limit = self.config.limits.max_message_bytes
-        self._server = await serve(
-            self._handle,
-            self.config.host,
-            self.config.port,
-            process_request=self._http,
-            # Our own size check answers with an error message first; this is the hard stop.
-            max_size=4 * limit + 1024,
-            ssl=self._ssl_context(),
-            compression=None,  # PCM does not compress; deflate would only cost CPU
-        )
+        try:
+            self._server = await serve(
+                self._handle,
+                self.config.host,
+                self.config.port,
+                process_request=self._http,
+                # Our own size check answers with an error message first; this is the hard stop.
+                max_size=4 * limit + 1024,
+                ssl=self._ssl_context(),
+                compression=None,  # PCM does not compress; deflate would only cost CPU
+            )
+        except OSError as e:
+            raise IchigoStreamError(
+                f"cannot listen on {self.config.host}:{self.config.port}: {e.strerror or e}"
+            ) from None
+        self.worker.start()
         self._ticker = asyncio.create_task(self._tick())
 
     @property
@@ -97,21 +104,35 @@ class StreamServer:
         return context
 
     async def drain(self) -> None:
-        """Stop accepting, finish every open segment, send done, close; all within the timeout."""
+        """Stop accepting, finish every open segment, send done, close; all within the timeout.
+
+        Sessions still unfinished at the timeout are closed with 1001 (going away), all at
+        once, each within the close handshake's own timeout; the model worker gets what is
+        left of the drain timeout (at least a second) to finish its current batch.
+        """
         assert self._server is not None and self._loop is not None
+        deadline = self._loop.time() + self.config.drain_timeout_s
         self.draining = True
         self._server.close(close_connections=False)
         for conn in list(self.connections.values()):
-            self._perform(conn, conn.session.shutdown(self._loop.time()))
+            self._act(conn, conn.session.shutdown, self._loop.time())
         try:
             await asyncio.wait_for(self._server.wait_closed(), self.config.drain_timeout_s)
         except TimeoutError:
             log.warning("drain timeout: closing %d connection(s) unfinished", len(self.connections))
-            for conn in list(self.connections.values()):
-                await conn.ws.close(CloseCode.GOING_AWAY, "server shutting down")
+            # Concurrently: one after another, each unresponsive client would add its own
+            # close timeout to the shutdown.
+            await asyncio.gather(
+                *(
+                    conn.ws.close(CloseCode.GOING_AWAY, "server shutting down")
+                    for conn in list(self.connections.values())
+                ),
+                return_exceptions=True,
+            )
         if self._ticker:
             self._ticker.cancel()
-        await asyncio.to_thread(self.worker.stop)
+        remaining = max(1.0, deadline - self._loop.time())
+        await asyncio.to_thread(self.worker.stop, remaining)
 
     # -- HTTP on the same port -----------------------------------------------------------
 
@@ -185,15 +206,21 @@ class StreamServer:
         )
         origin = ws.request.headers.get("Origin") if ws.request else None
         if self.config.allow_origins and origin not in self.config.allow_origins:
-            await _refuse(
+            await self._refuse(
                 ws, session, ProtocolError("unauthorized", f"origin {origin!r} is not allowed")
             )
             return
-        if len(self.connections) >= self.config.max_sessions or self.draining:
+        if self.draining:
+            error = ProtocolError(
+                "limit", "server shutting down: try again later", CloseCode.TRY_AGAIN_LATER
+            )
+            await self._refuse(ws, session, error)
+            return
+        if len(self.connections) >= self.config.max_sessions:
             error = ProtocolError(
                 "limit", "server full: try again later", CloseCode.TRY_AGAIN_LATER
             )
-            await _refuse(ws, session, error)
+            await self._refuse(ws, session, error)
             return
         conn = _Connection(ws, session)
         self.connections[session.id] = conn
@@ -201,7 +228,7 @@ class StreamServer:
         writer = asyncio.create_task(self._write(conn))
         try:
             async for message in ws:
-                self._perform(conn, session.receive(message, self._loop.time()))
+                self._act(conn, session.receive, message, self._loop.time())
                 self._count_audio(conn)
         except ConnectionClosed:
             pass
@@ -212,6 +239,25 @@ class StreamServer:
             conn.outbox.put_nowait(Close(CloseCode.NORMAL))
             await writer
             del self.connections[session.id]
+
+    def _act(self, conn: _Connection, step: Callable[..., list[Action]], *args: object) -> None:
+        """Run one session step and carry out its actions.
+
+        A step that raises is a server bug, and it fails that session alone: the client gets
+        an internal error and 1011, instead of a silent close (a message), a session that
+        waits forever (a model result) or a dead ticker for every session (timeouts).
+        """
+        try:
+            actions = step(*args)
+        except Exception:
+            log.exception("session %s failed", conn.session.id)
+            error = ProtocolError("internal", "internal server error; see the server log")
+            try:
+                actions = conn.session.fail(error)  # also cancels the session's jobs
+            except Exception:
+                log.exception("session %s could not fail cleanly", conn.session.id)
+                actions = [Close(CloseCode.INTERNAL_ERROR, "internal")]
+        self._perform(conn, actions)
 
     def _perform(self, conn: _Connection, actions: list[Action]) -> None:
         for action in actions:
@@ -240,35 +286,44 @@ class StreamServer:
         conn.audio_seconds = seconds
 
     def _result_from_worker(self, job: Job, result: JobResult) -> None:
-        """Called on the worker thread: hand over to the event loop, never block the worker."""
+        """Called on the worker thread: hand over to the event loop, never block the worker.
+
+        A batch that outlives a timed-out drain finishes after the loop has closed: its
+        results have nobody to go to and are dropped.
+        """
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._deliver, job, result)
+        with contextlib.suppress(RuntimeError):  # the event loop is closed
+            self._loop.call_soon_threadsafe(self._deliver, job, result)
 
     def _deliver(self, job: Job, result: JobResult) -> None:
         conn = self.connections.get(job.session)
         if conn is not None:
-            self._perform(conn, conn.session.job_done(job, result, self._loop.time()))
+            self._act(conn, conn.session.job_done, job, result, self._loop.time())
 
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(1.0)
             now = self._loop.time()
             for conn in list(self.connections.values()):
-                self._perform(conn, conn.session.check_timeouts(now))
+                self._act(conn, conn.session.check_timeouts, now)
+
+    async def _refuse(
+        self, ws: ServerConnection, session: ServerSession, error: ProtocolError
+    ) -> None:
+        """Turn a connection away with an error and a close, counted like any error sent."""
+        with contextlib.suppress(ConnectionClosed):
+            for action in session.fail(error):
+                if isinstance(action, Send):
+                    self.metrics.observe_message(action.message)
+                    await ws.send(encode(action.message))
+                elif isinstance(action, Close):
+                    await ws.close(action.code, action.reason)
 
 
 def _response(status: int, body: str, content_type: str) -> Response:
     data = body.encode()
     headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(data)))])
     return Response(status, "OK" if status == 200 else "", headers, data)
-
-
-async def _refuse(ws: ServerConnection, session: ServerSession, error: ProtocolError) -> None:
-    for action in session.fail(error):
-        if isinstance(action, Send):
-            await ws.send(encode(action.message))
-        elif isinstance(action, Close):
-            await ws.close(action.code, action.reason)
 
 
 @contextlib.asynccontextmanager

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ichigo_stream.model_info import DEFAULT_MODEL, DTYPE_NAMES, LoadOptions
@@ -31,11 +33,44 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"ICHIGO_{name.upper()}", default)
 
 
+def _number(
+    kind: type[int] | type[float], low: float, high: float = math.inf, *, open_low: bool = False
+) -> Callable[[str], float]:
+    """An argparse type: a number of `kind` in [low, high] ((low, high] if open_low); NaN never.
+
+    inf passes where high allows it: --max-realtime inf or --max-session-s inf mean no limit.
+    """
+    bounds = f"{'>' if open_low else '>='} {low:g}" + (
+        f" and <= {high:g}" if high < math.inf else ""
+    )
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+        if not (low < value if open_low else low <= value) or not value <= high:
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
+        return value
+
+    return parse
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `serve` options; each also reads ICHIGO_<NAME> from the environment (CLI wins)."""
+    """The `serve` options; each also reads ICHIGO_<NAME> from the environment (CLI wins).
+
+    Defaults stay strings: argparse converts and checks them only when `serve` runs, so a
+    bad ICHIGO_* value is a usage error of `serve`, not a crash of every subcommand.
+    """
     add = parser.add_argument
+    count = _number(int, 1)
+    positive = _number(float, 0, open_low=True)
     add("--host", default=_env("host", "127.0.0.1"))
-    add("--port", type=int, default=int(_env("port", "8765")))
+    add(
+        "--port", type=_number(int, 0, 65535), default=_env("port", "8765"), help="0: any free port"
+    )
     add("--model", default=_env("model", DEFAULT_MODEL), help="quantizer: HF REPO:FILE or a path")
     add("--whisper", default=_env("whisper"), help="Whisper name or .pt (default: from the model)")
     add("--device", default=_env("device", "cpu"), help="cpu or cuda[:N]")
@@ -48,11 +83,17 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--max-batch",
-        type=int,
-        default=int(_env("max_batch", "32")),
+        type=count,
+        default=_env("max_batch", "32"),
         help="clips per encoder batch",
     )
-    add("--max-sessions", type=int, default=int(_env("max_sessions", "256")))
+    add(
+        "--max-wait-ms",
+        type=_number(float, 0),
+        default=_env("max_wait_ms", "2"),
+        help="how long a batch waits for more clips to join it",
+    )
+    add("--max-sessions", type=count, default=_env("max_sessions", "256"))
     add("--token", default=_env("token"), help="require this bearer token (header or ?token=)")
     add(
         "--allow-origin",
@@ -65,14 +106,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add("--keyfile", default=_env("keyfile"), help="TLS private key")
     add(
         "--max-realtime",
-        type=float,
-        default=float(_env("max_realtime", "10")),
+        type=positive,
+        default=_env("max_realtime", "10"),
         help="refuse audio arriving faster than this many times real time",
     )
-    add("--max-message-kb", type=int, default=int(_env("max_message_kb", "1024")))
-    add("--max-session-s", type=float, default=float(_env("max_session_s", "14400")))
-    add("--idle-timeout-s", type=float, default=float(_env("idle_timeout_s", "60")))
-    add("--drain-timeout-s", type=float, default=float(_env("drain_timeout_s", "30")))
+    add("--max-message-kb", type=count, default=_env("max_message_kb", "1024"))
+    add("--max-session-s", type=positive, default=_env("max_session_s", "14400"))
+    add("--idle-timeout-s", type=positive, default=_env("idle_timeout_s", "60"))
+    drain = _number(float, 0, 86_400)  # finite: the worker thread is joined with what is left
+    add("--drain-timeout-s", type=drain, default=_env("drain_timeout_s", "30"))
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -86,6 +128,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         ),
         text=args.text,
         max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
         max_sessions=args.max_sessions,
         token=args.token or None,
         allow_origins=tuple(args.allow_origin),

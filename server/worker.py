@@ -53,6 +53,8 @@ class ModelWorker:
         partial_max_age_s: float = 2.0,
         stall_timeout_s: float = 120.0,
     ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")  # else nothing runs
         self.tokenizer = tokenizer
         self.on_result = on_result
         self.max_batch = max_batch

@@ -1,0 +1,97 @@
+"""The `ichigo-stream demo` subcommand: the live demo in one command.
+
+Starts a real server (`ichigo-stream serve` as a child process, with text decoding on),
+streams the bundled speech sample (or FILE) through the file streamer at real time, prints
+each segment with its text, then stops the server with SIGTERM (it drains and exits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from ichigo_stream.cli_common import EXIT_ERROR, EXIT_OK, PROG, Command, error_line
+
+from .send import send_file
+
+SAMPLE = Path(__file__).parents[1] / "ichigo_stream" / "assets" / "sample.wav"
+SERVING = re.compile(r"serving (wss?://\S+)")
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("file", nargs="?", default=str(SAMPLE), help="audio file (default: the bundled sample)")
+    add("--model", help="quantizer REF (env ICHIGO_MODEL; default: Ichigo-Whisper v0.1)")
+    add("--whisper", help="Whisper name or .pt (env ICHIGO_WHISPER)")
+    add("--device", help="cpu or cuda (env ICHIGO_DEVICE)")
+    add("--dtype", help="float32, float16 or bfloat16 (env ICHIGO_DTYPE)")
+    add("--speed", type=float, default=1.0, help="pace at X times real time (default 1)")
+    add("--no-text", action="store_true", help="tokens only: skip loading Whisper's decoder")
+
+
+def _server_command(args: argparse.Namespace) -> list[str]:
+    command = [sys.executable, "-m", "ichigo_stream", "serve", "--host", "127.0.0.1", "--port", "0"]
+    for flag in ("model", "whisper", "device", "dtype"):
+        if getattr(args, flag):
+            command += [f"--{flag}", getattr(args, flag)]
+    return command if args.no_text else [*command, "--text"]
+
+
+def _wait_until_serving(server: subprocess.Popen[str]) -> str | None:
+    """The server's stream URL once it serves, or None if it exited first (it said why)."""
+    assert server.stdout is not None
+    for line in server.stdout:
+        match = SERVING.search(line)
+        if match:
+            return match.group(1)
+    return None
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    print(f"{PROG}: starting the server (loading the model)...", file=sys.stderr, flush=True)
+    server = subprocess.Popen(
+        _server_command(args), stdout=subprocess.PIPE, text=True, env=os.environ.copy()
+    )
+    try:
+        url = _wait_until_serving(server)
+        if url is None:
+            error_line(f"the server did not start (exit status {server.wait()}); see above")
+            return EXIT_ERROR
+        print(f"{PROG}: streaming {args.file} to {url}", file=sys.stderr, flush=True)
+        send_args = argparse.Namespace(
+            file=args.file,
+            url=url,
+            speed=args.speed,
+            text=not args.no_text,
+            language=None,
+            llm_format="ichigo-rle",
+            partials=False,
+            token=None,
+            insecure=False,
+            no_reconnect=True,
+        )
+        done = asyncio.run(send_file(send_args, None))
+        if done is not None:
+            print(f"{PROG}: done: {done.segments} segment(s), {done.audio_seconds:.2f} s of audio")
+        return EXIT_OK
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
+DEMO_COMMAND = Command(
+    "demo",
+    "the live demo: start a server, stream the bundled speech sample, print segments and text",
+    add_demo_arguments,
+    _run_demo,
+)
