@@ -205,7 +205,13 @@ class StreamServer:
             text_available=self.config.text,
         )
         origin = ws.request.headers.get("Origin") if ws.request else None
-        if self.config.allow_origins and origin not in self.config.allow_origins:
+        # The allowlist guards against other web pages driving a visitor's browser here;
+        # browsers always send Origin, and non-browser clients (ours included) send none.
+        if (
+            self.config.allow_origins
+            and origin is not None
+            and origin not in self.config.allow_origins
+        ):
             await self._refuse(
                 ws, session, ProtocolError("unauthorized", f"origin {origin!r} is not allowed")
             )

@@ -100,7 +100,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=(_env("allow_origin") or "").split(),
         metavar="ORIGIN",
-        help="accept browser connections only from these origins",
+        help="accept browser connections only from these origins (clients sending no Origin "
+        "header, i.e. non-browser clients, are not affected)",
     )
     add("--certfile", default=_env("certfile"), help="TLS certificate (serve wss://)")
     add("--keyfile", default=_env("keyfile"), help="TLS private key")

@@ -495,6 +495,23 @@ def test_bad_input_gets_its_error_and_close_and_spares_the_others(
 
 
 @pytest.mark.timeout(60)
+def test_the_origin_allowlist_spares_clients_that_send_no_origin(
+    model: Model, clips: dict[str, Clip], solo: Outcome
+) -> None:
+    """Browsers always send Origin; non-browser clients (ichigo_stream.client) send none."""
+
+    async def main() -> Outcome:
+        async with _bad_input_server(model) as server:
+            client = await _client(server.port, origin=None)
+            await client.start()
+            await client.send_audio(clips["sample"].s16)
+            await client.stop()
+            return await client.finish()
+
+    assert_finished_cleanly(asyncio.run(main()), solo.segments, clips["sample"].seconds)
+
+
+@pytest.mark.timeout(60)
 def test_a_full_server_says_try_again_later(
     model: Model, clips: dict[str, Clip], reference: dict[str, list[Seg]]
 ) -> None:
