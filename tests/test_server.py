@@ -47,10 +47,11 @@ from websockets.exceptions import InvalidStatus
 from ichigo_stream.constants import SAMPLE_RATE, n_tokens
 from ichigo_stream.errors import IchigoStreamError
 from ichigo_stream.loading import load_tokenizer
-from ichigo_stream.model import IchigoTokenizer
+from ichigo_stream.model import IchigoTokenizer, TextOptions
 from ichigo_stream.model_info import LoadOptions, ModelInfo
 from ichigo_stream.segmentation import SegmentClosed, VadSegmenter, segment_vad
 from ichigo_stream.session import Action, Job, JobResult, ServerSession, SessionLimits
+from ichigo_stream.tokens import to_ichigo_rle
 from server.app import StreamServer, running_server
 from server.config import ServerConfig
 
@@ -914,3 +915,37 @@ def test_serve_options_are_checked_before_anything_loads() -> None:
     assert "argument --port: expected an integer, got 'eighty'" in bad_env.stderr
     # A serve setting from the environment is no business of the other subcommands.
     assert run("tokenize", "--help", ICHIGO_PORT="eighty").returncode == 0
+
+
+# -- text -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(240)
+def test_text_and_llm_formats_ride_with_the_segments(
+    tiny_model_files: ModelFiles, clips: dict[str, Clip], reference: dict[str, list[Seg]]
+) -> None:
+    options = LoadOptions(
+        model=str(tiny_model_files.quantizer), whisper=str(tiny_model_files.whisper)
+    )
+    model_with_text = load_tokenizer(options, text=True)
+    tokenizer = model_with_text[0]
+
+    async def main() -> tuple[Outcome, Outcome]:
+        async with serve(model_with_text, text=True, limits=UNLIMITED) as server:
+            start = {"text": True, "language": "en", "llm_format": "ichigo-rle"}
+            with_text, plain = await asyncio.gather(
+                run_session(server.port, clips["sample"].s16, start=start, timeout=180),
+                run_session(server.port, clips["sample"].s16, timeout=180),
+            )
+            return with_text, plain
+
+    with_text, plain = asyncio.run(main())
+    assert_finished_cleanly(plain, reference["sample"], clips["sample"].seconds)
+    segments = with_text.of_type("segment")
+    assert [(s["start"], s["end"], tuple(s["tokens"])) for s in segments] == reference["sample"]
+    texts = tokenizer.decode_text([s["tokens"] for s in segments], TextOptions(language="en"))
+    for segment, text in zip(segments, texts, strict=True):
+        # Whisper's greedy decode of the segment's own tokens, and the LLM text the model reads.
+        assert segment["text"] == text
+        assert segment["llm"] == to_ichigo_rle(segment["tokens"])
+    assert all("text" not in s and "llm" not in s for s in plain.of_type("segment"))
