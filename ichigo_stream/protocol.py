@@ -8,7 +8,6 @@ specification for client writers.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Literal
@@ -22,6 +21,12 @@ STREAM_PATH = "/v1/stream"
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8_000, 48_000
 ENCODINGS = {"pcm_s16le": 2, "pcm_f32le": 4}  # bytes per sample
 LLM_FORMATS = ("ichigo", "ichigo-rle")
+PARTIAL_INTERVAL_MS = (100, 10_000)
+# Bounds that keep every derived sample count a finite, exact number: an offset up to ~31 years
+# (offset * 16000 stays far below 2**53) and VAD durations up to 10 minutes (any longer
+# silence setting already means "never by silence", since segments are capped at 30 s).
+MAX_OFFSET_S = 1e9
+MAX_VAD_MS = 600_000
 
 Encoding = Literal["pcm_s16le", "pcm_f32le"]
 ErrorCode = Literal[
@@ -115,25 +120,25 @@ class Audio:
 
 ClientMessage = Start | Flush | Stop | Audio
 
-_VAD_FIELDS = {
-    "aggressiveness": "aggressiveness",
-    "min_silence_ms": "min_silence_ms",
-    "tail_ms": "tail_ms",
-    "preroll_ms": "preroll_ms",
-    "max_segment_s": "max_segment_s",
-    "frame_ms": "frame_ms",
-}
+_VAD_FIELDS = ("aggressiveness", "min_silence_ms", "tail_ms", "preroll_ms", "frame_ms")
 
 
-def _typed(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+def _typed(
+    obj: dict[str, Any],
+    key: str,
+    kind: type | tuple[type, ...],
+    default: Any,
+    where: str = "start",
+) -> Any:
+    """obj[key] if present and of `kind`; null is accepted only where the default is null."""
     value = obj.get(key, default)
     if value is None and default is None:
         return None
     # bool is an int in Python; a JSON true is never a valid number here.
-    if isinstance(value, bool) and kind is not bool:
-        raise ProtocolError("bad_message", f"start.{key} must be {_kind_name(kind)}, got {value!r}")
-    if not isinstance(value, kind):
-        raise ProtocolError("bad_message", f"start.{key} must be {_kind_name(kind)}, got {value!r}")
+    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
+        raise ProtocolError(
+            "bad_message", f"{where}.{key} must be {_kind_name(kind)}, got {value!r}"
+        )
     return value
 
 
@@ -154,16 +159,23 @@ def _vad_options(raw: Any) -> VadOptions:
         return VadOptions()
     if not isinstance(raw, dict):
         raise ProtocolError("bad_message", "start.vad must be an object")
+    defaults = VadOptions()
     values: dict[str, Any] = {}
-    for key, name in _VAD_FIELDS.items():
+    for key in _VAD_FIELDS:
         if key in raw:
-            kind: tuple[type, ...] = (int, float) if key == "max_segment_s" else (int,)
-            values[name] = _typed(raw, key, kind, None)
-    max_s = values.get("max_segment_s", WINDOW_SECONDS)
-    if not 0 < max_s <= WINDOW_SECONDS:
-        raise ProtocolError(
-            "unsupported", f"start.vad.max_segment_s must be in (0, {WINDOW_SECONDS}]"
-        )
+            # The default is never null, so a null here is a bad_message, not a TypeError later.
+            values[key] = _typed(raw, key, int, getattr(defaults, key), "start.vad")
+            # Checked here, before VadOptions converts them: a huge int would overflow a float.
+            if not 0 <= values[key] <= MAX_VAD_MS:
+                raise ProtocolError("unsupported", f"start.vad.{key} must be in 0..{MAX_VAD_MS}")
+    if "max_segment_s" in raw:
+        max_s = _typed(raw, "max_segment_s", (int, float), defaults.max_segment_s, "start.vad")
+        # `not` so that NaN fails too
+        if not 0 < max_s <= WINDOW_SECONDS:
+            raise ProtocolError(
+                "unsupported", f"start.vad.max_segment_s must be in (0, {WINDOW_SECONDS}]"
+            )
+        values["max_segment_s"] = max_s
     try:
         return VadOptions(**values)
     except SegmentationError as e:
@@ -187,16 +199,19 @@ def parse_start(obj: dict[str, Any]) -> StartOptions:
     if channels not in (1, 2):
         raise ProtocolError("unsupported", f"channels {channels} unsupported: expected 1 or 2")
     interval = _typed(obj, "partial_interval_ms", int, 500)
-    if not 100 <= interval <= 10_000:
-        raise ProtocolError("unsupported", "partial_interval_ms must be in 100..10000")
+    lo, hi = PARTIAL_INTERVAL_MS
+    if not lo <= interval <= hi:
+        raise ProtocolError("unsupported", f"partial_interval_ms must be in {lo}..{hi}")
     llm_format = _typed(obj, "llm_format", str, None)
     if llm_format is not None and llm_format not in LLM_FORMATS:
         raise ProtocolError(
             "unsupported", f"llm_format {llm_format!r} unsupported: expected null or {LLM_FORMATS}"
         )
     offset = _typed(obj, "offset", (int, float), 0.0)
-    if not math.isfinite(offset) or offset < 0:
-        raise ProtocolError("bad_message", "start.offset must be a finite number >= 0")
+    # A chained comparison, not math.isfinite: that raises on a huge JSON integer, and NaN
+    # (which Python's json accepts) fails it as it should.
+    if not 0 <= offset <= MAX_OFFSET_S:
+        raise ProtocolError("bad_message", f"start.offset must be a number in 0..{MAX_OFFSET_S:g}")
     return StartOptions(
         sample_rate=rate,
         encoding=encoding,
@@ -219,6 +234,9 @@ def parse_message(data: str | bytes) -> ClientMessage:
         obj = json.loads(data)
     except ValueError as e:
         raise ProtocolError("bad_message", f"text messages must be JSON objects: {e}") from None
+    except RecursionError:
+        # Deeply nested arrays fit in any message size limit and exhaust the parser's stack.
+        raise ProtocolError("bad_message", "text message nested too deeply") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
         raise ProtocolError(
             "bad_message", 'text messages must be JSON objects with a "type" string'

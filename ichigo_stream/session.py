@@ -9,6 +9,7 @@ clock, so the whole protocol is tested without either.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -138,8 +139,10 @@ class ServerSession:
         self._finals: dict[int, _Final] = {}  # by segment index, until sent
         self._next_to_send = 0
         self._partial: Job | None = None  # the latest partial in flight
+        self._partial_sent_end = 0  # end of the newest partial sent: older results are stale
         self._open_index = 0  # index of the open (or next) segment
         self._next_partial_at = 0
+        self._draining = False  # stopped by shutdown(), not by the client
 
     # -- input ---------------------------------------------------------------------------
 
@@ -147,12 +150,17 @@ class ServerSession:
         """One client message."""
         if self.state == "closed":
             return []
+        if self._draining:
+            # The client cannot know the server is draining: what it still sends is dropped,
+            # not a protocol error that would throw away the segments being finished.
+            return []
         self.last_message_at = now
         try:
-            if len(data) > self.limits.max_message_bytes:
+            size = _size_in_bytes(data, self.limits.max_message_bytes)
+            if size > self.limits.max_message_bytes:
                 raise ProtocolError(
                     "too_large",
-                    f"message of {len(data)} bytes exceeds {self.limits.max_message_bytes}",
+                    f"message of {size} bytes exceeds {self.limits.max_message_bytes}",
                 )
             message = parse_message(data)
             if isinstance(message, Start):
@@ -201,6 +209,7 @@ class ServerSession:
             self.state = "closed"
             return [Close(CloseCode.GOING_AWAY, "server shutting down")]
         if self.state == "streaming":
+            self._draining = True
             try:
                 return self._stop(now)
             except ProtocolError as e:
@@ -209,6 +218,8 @@ class ServerSession:
 
     def fail(self, error: ProtocolError) -> list[Action]:
         """A fatal error: tell the client, cancel outstanding work, close."""
+        if self.state == "closed":
+            return []  # already closed: a second error and Close would go to a dead socket
         actions: list[Action] = [Send(error_message(error.code, error.message))]
         actions += [Cancel(job) for job in self.pending_jobs()]
         self._finals.clear()
@@ -244,8 +255,11 @@ class ServerSession:
         self._received_seconds += len(data) / (
             self.options.bytes_per_frame * self.options.sample_rate
         )
-        allowed = self.limits.realtime_burst_s + (now - self.started_at) * self.limits.max_realtime
-        if self._received_seconds > allowed:
+        elapsed = now - self.started_at
+        # `serve --max-realtime inf` means no limit; 0 s * inf would be NaN, so say it outright.
+        unlimited = math.isinf(self.limits.max_realtime)
+        allowed = self.limits.realtime_burst_s + elapsed * self.limits.max_realtime
+        if not unlimited and self._received_seconds > allowed:
             raise ProtocolError(
                 "too_fast", f"audio is arriving faster than {self.limits.max_realtime:g}x real time"
             )
@@ -255,23 +269,30 @@ class ServerSession:
             raise ProtocolError("bad_audio", str(e)) from None
         return self._push(samples, now)
 
-    def _push(self, samples: np.ndarray, now: float) -> list[Action]:
+    def _push(self, samples: np.ndarray, now: float, partial: bool = True) -> list[Action]:
         assert self._vad is not None
         self._buffer.append(samples)
         actions = self._events(self._vad.push(samples), now)
-        actions += self._maybe_partial()
+        if partial:
+            actions += self._maybe_partial()
         opts = self.options.vad
         keep_from = self._vad.open_start
         if keep_from is None:
             keep_from = self._vad.position - opts.preroll_samples - opts.frame_samples
         self._buffer.trim_before(keep_from)
         if len(self._finals) > self.limits.max_pending_segments:
-            raise ProtocolError("limit", "the server is overloaded: too many segments waiting")
+            # The server is behind, not the client at fault: 1013 tells it to retry later.
+            raise ProtocolError(
+                "limit",
+                "the server is overloaded: too many segments waiting",
+                CloseCode.TRY_AGAIN_LATER,
+            )
         return actions
 
     def _stop(self, now: float) -> list[Action]:
         assert self._decoder is not None and self._vad is not None
-        actions = self._push(self._decoder.finish(), now)
+        # No partial: finish() closes the open segment right after, which would cancel it.
+        actions = self._push(self._decoder.finish(), now, partial=False)
         actions += self._events(self._vad.finish(), now)
         self.state = "stopping"
         return actions + self._send_ready_finals(now)
@@ -335,11 +356,18 @@ class ServerSession:
         return [Submit(job)]
 
     def _partial_done(self, job: Job, result: JobResult) -> list[Action]:
-        if job is not self._partial:
-            return []  # superseded, or its segment has ended
-        self._partial = None
+        if job is self._partial:
+            self._partial = None
+        # A superseded partial still counts while its segment is open and nothing newer was
+        # sent: when the model is slower than partial_interval_ms, a newer partial is always
+        # submitted before the older one's result arrives, and dropping those would mean no
+        # partials at all under load.
+        still_open = self._vad.open_start == job.start and self._open_index == job.segment
+        if not still_open or job.end <= self._partial_sent_end:
+            return []  # its segment has ended, or a newer partial was sent
         if result.tokens is None:
             return []  # partials are best effort; the final reports errors
+        self._partial_sent_end = job.end
         offset = self.options.offset_samples
         return [
             Send(partial_message(job.segment, offset + job.start, offset + job.end, result.tokens))
@@ -381,6 +409,14 @@ class ServerSession:
             self.state = "closed"
             actions += [
                 Send(done_message(self.segments_sent, self.audio_seconds)),
-                Close(CloseCode.NORMAL),
+                Close(CloseCode.NORMAL, "server shutting down" if self._draining else ""),
             ]
         return actions
+
+
+def _size_in_bytes(data: str | bytes, limit: int) -> int:
+    """A message's size on the wire (text is UTF-8), or len(data) when even 4 bytes a
+    character would stay within `limit`: then the exact size does not matter."""
+    if not isinstance(data, str) or 4 * len(data) <= limit:
+        return len(data)
+    return len(data.encode("utf-8", "surrogatepass"))
