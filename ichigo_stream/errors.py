@@ -21,3 +21,24 @@ class ModelLoadError(IchigoStreamError):
 
 class TokenFormatError(IchigoStreamError):
     """A token list or token text is malformed."""
+
+
+class ClientError(IchigoStreamError):
+    """The stream cannot go on: see the subclasses."""
+
+
+class ServerError(ClientError):
+    """The server ended the stream with an error that retrying would not fix."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"server error {code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class AuthenticationError(ServerError):
+    """The server refused the token (HTTP 401/403) or the Origin."""
+
+
+class ConnectionLost(ClientError):
+    """The connection was lost and the reconnect policy gave up (or forbids reconnecting)."""
