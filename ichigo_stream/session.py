@@ -350,6 +350,8 @@ class ServerSession:
         position = self._vad.position
         if not self.options.partials or start is None or position < self._next_partial_at:
             return []
+        if self._open_index in self._finals:
+            return []  # a speculative final is computing: the segment is (probably) over
         self._next_partial_at = position + self._partial_interval
         job = self._job(self._open_index, "partial", start, position)
         self._partial = job

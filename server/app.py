@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import torch
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
@@ -26,6 +27,7 @@ from websockets.http11 import Request, Response
 from ichigo_stream.errors import IchigoStreamError
 from ichigo_stream.loading import ModelInfo, load_tokenizer
 from ichigo_stream.model import IchigoTokenizer
+from ichigo_stream.pipeline import default_batch_size
 from ichigo_stream.protocol import STREAM_PATH, CloseCode, ProtocolError, encode
 from ichigo_stream.session import Action, Cancel, Close, Job, JobResult, Send, ServerSession, Submit
 
@@ -55,10 +57,12 @@ class StreamServer:
         self.config = config
         self.info = info
         self.metrics = ServerMetrics()
+        if config.threads:
+            torch.set_num_threads(config.threads)
         self.worker = ModelWorker(
             tokenizer,
             self._result_from_worker,
-            max_batch=config.max_batch,
+            max_batch=config.max_batch or default_batch_size(tokenizer.device.type),
             max_wait_s=config.max_wait_ms / 1000,
         )
         self.connections: dict[str, _Connection] = {}

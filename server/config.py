@@ -18,7 +18,8 @@ class ServerConfig:
     port: int = 8765
     load: LoadOptions = field(default_factory=LoadOptions)
     text: bool = False  # load Whisper's decoder so sessions may ask for text
-    max_batch: int = 32
+    max_batch: int | None = None  # None: 1 on CPU, 32 on a GPU (pipeline.default_batch_size)
+    threads: int | None = None  # torch intra-op threads for the model; None: torch's default
     max_wait_ms: float = 2.0
     max_sessions: int = 256
     token: str | None = None
@@ -84,8 +85,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--max-batch",
         type=count,
-        default=_env("max_batch", "32"),
-        help="clips per encoder batch",
+        default=_env("max_batch"),
+        help="clips per encoder batch (default 1 on CPU, where batching costs more per clip, "
+        "32 on CUDA)",
+    )
+    add(
+        "--threads",
+        type=count,
+        default=_env("threads"),
+        help="CPU threads for the model (default: torch's; leave a core to the event loop)",
     )
     add(
         "--max-wait-ms",
@@ -129,6 +137,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         ),
         text=args.text,
         max_batch=args.max_batch,
+        threads=args.threads,
         max_wait_ms=args.max_wait_ms,
         max_sessions=args.max_sessions,
         token=args.token or None,

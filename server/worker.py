@@ -4,8 +4,8 @@ Jobs come from the event loop (submit/cancel, thread-safe and non-blocking); res
 through a callback the caller makes loop-safe (call_soon_threadsafe). Scheduling:
 - finals before partials; a newer partial of a session replaces its queued older one;
 - a batch of up to max_batch clips, waiting at most max_wait_s for it to fill;
-- partials are shed first: none join a batch while finals are backlogged, and stale ones
-  are dropped;
+- partials are shed first: they never share a batch with finals, run only when no final
+  waits, in batches of at most max_batch // 4, and stale or superseded ones are dropped;
 - text decoding runs one segment at a time between token batches, so no session's tokens
   wait behind more than one decode;
 - a batch that raises is retried job by job, so a failing job fails alone.
@@ -58,6 +58,7 @@ class ModelWorker:
         self.tokenizer = tokenizer
         self.on_result = on_result
         self.max_batch = max_batch
+        self.max_partial_batch = max(1, max_batch // 4)
         self.max_wait_s = max_wait_s
         self.partial_max_age_s = partial_max_age_s
         self.stall_timeout_s = stall_timeout_s
@@ -86,7 +87,8 @@ class ModelWorker:
             if job.kind == "final":
                 self._finals.append(job)
             else:
-                self._partials.pop(job.session, None)
+                if self._partials.pop(job.session, None) is not None:
+                    self.stats.partials_shed += 1  # superseded before it ran
                 self._partials[job.session] = (job, time.monotonic())
             self._cond.notify()
 
@@ -139,14 +141,18 @@ class ModelWorker:
                 self._run_text(*text_job)
 
     def _take_batch(self) -> list[Job]:
+        # Finals never share a batch with partials: on CPU a bigger batch costs more per clip,
+        # and a final must not wait for partials that the next ones will supersede anyway.
         batch: list[Job] = []
         while self._finals and len(batch) < self.max_batch:
             batch.append(self._finals.popleft())
+        if batch:
+            return batch
         now = time.monotonic()
-        backlogged = len(self._finals) > 0
-        while self._partials and len(batch) < self.max_batch:
+        # A partial batch holds up the finals that arrive meanwhile: keep it small.
+        while self._partials and len(batch) < self.max_partial_batch:
             _, (job, queued_at) = self._partials.popitem(last=False)
-            if backlogged or now - queued_at > self.partial_max_age_s:
+            if now - queued_at > self.partial_max_age_s:
                 self.stats.partials_shed += 1
                 continue
             batch.append(job)

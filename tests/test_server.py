@@ -612,7 +612,9 @@ def test_a_model_failure_fails_one_segment_and_the_server_serves_on(
 
     async def main() -> tuple[Outcome, Outcome, int, str]:
         # A long batching wait, so the two flushed clips share one batch that then raises.
-        config = ServerConfig(port=0, max_wait_ms=300, limits=UNLIMITED, drain_timeout_s=10)
+        config = ServerConfig(
+            port=0, max_batch=8, max_wait_ms=300, limits=UNLIMITED, drain_timeout_s=10
+        )
         async with running_server(config, faulty, info) as server:  # type: ignore[arg-type]
             victim = await StreamClient.connect(server.port)
             other = await StreamClient.connect(server.port)
