@@ -32,10 +32,11 @@ __all__ = ["DTYPE_NAMES", "build_parser", "main"]
 def all_commands() -> tuple[Command, ...]:
     """Every subcommand: the library's offline ones, then the applications' (server/, client/)."""
     from client.demo import DEMO_COMMAND
+    from client.mic import MIC_COMMAND
     from client.send import SEND_COMMAND
     from server.cli import SERVE_COMMAND
 
-    return (*OFFLINE_COMMANDS, SERVE_COMMAND, SEND_COMMAND, DEMO_COMMAND)
+    return (*OFFLINE_COMMANDS, SERVE_COMMAND, SEND_COMMAND, DEMO_COMMAND, MIC_COMMAND)
 
 
 def build_parser(commands: Sequence[Command] | None = None) -> argparse.ArgumentParser:
