@@ -164,6 +164,7 @@ class ClientOptions:
     burst_s: float = 20.0
     max_message_s: float = 0.5  # longer chunks go out as several messages
     open_timeout_s: float = 10.0  # the handshake, and then the ready message
+    close_timeout_s: float = 2.0  # waiting for the server's close frame when we close
     proxy: str | Literal[True] | None = True  # websockets' default: from the environment
 
 
@@ -474,6 +475,8 @@ class StreamClient:
             additional_headers=headers,
             ssl=_ssl_context(options) if options.url.startswith("wss:") else None,
             open_timeout=options.open_timeout_s,
+            # An unresponsive server must not hold a closing client for websockets' 10 s.
+            close_timeout=options.close_timeout_s,
             compression=None,  # PCM does not compress
             proxy=options.proxy,
         )
