@@ -63,8 +63,8 @@ from ichigo_stream.client import (
 )
 from ichigo_stream.constants import SAMPLE_RATE
 from ichigo_stream.errors import IchigoStreamError
-from ichigo_stream.protocol import LLM_FORMATS
 
+from .common import add_connection_arguments, server_token, server_url
 from .terminal_view import LiveView, MicStatus, PlainView, View, printable, segment_line
 
 if TYPE_CHECKING:
@@ -161,17 +161,11 @@ def _positive(text: str) -> float:
 
 def add_mic_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("url", metavar="URL", nargs="?", help=f"server stream URL (env ICHIGO_URL; {DEFAULT_URL})")
+    add_connection_arguments(parser)
     add("--device", metavar="N|NAME", help="input device: index or (part of) its name")
     add("--list-devices", action="store_true", help="list the input devices and exit")
-    add("--text", action="store_true", help="ask for Whisper text (a server started with --text)")
-    add("--language", help="text language (default: detected)")
-    add("--llm-format", choices=LLM_FORMATS, help="ask the server for segments in this format")
     add("--save", metavar="FILE.jsonl", help="write every event as JSON lines here")
-    add("--token", help="bearer token (env ICHIGO_TOKEN)")
-    add("--insecure", action="store_true", help="wss:// without certificate verification")
     add("--no-partials", action="store_true", help="do not ask for partial results")
-    add("--no-reconnect", action="store_true", help="fail on a lost connection")
     add("--plain", action="store_true", help="plain lines even on a terminal")
     add(
         "--buffer-s",
@@ -191,8 +185,8 @@ def add_mic_arguments(parser: argparse.ArgumentParser) -> None:
 
 def mic_options(args: argparse.Namespace) -> MicOptions:
     return MicOptions(
-        url=args.url or os.environ.get("ICHIGO_URL") or DEFAULT_URL,
-        token=args.token or os.environ.get("ICHIGO_TOKEN") or None,
+        url=server_url(args),
+        token=server_token(args),
         insecure=args.insecure,
         device=args.device,
         text=args.text,

@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -34,7 +33,8 @@ from ichigo_stream.client import (
     stream,
 )
 from ichigo_stream.constants import SAMPLE_RATE
-from ichigo_stream.protocol import LLM_FORMATS
+
+from .common import add_connection_arguments, server_token, server_url
 
 CHUNK_S = 0.1  # paced chunks: what a live source would send
 FAST_CHUNK_S = 0.5  # unpaced: fewer, larger messages
@@ -62,7 +62,7 @@ def _speed(text: str) -> float:
 def add_send_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("file", metavar="FILE", help="audio file (anything ffmpeg decodes)")
-    add("url", metavar="URL", nargs="?", help=f"server stream URL (env ICHIGO_URL; {DEFAULT_URL})")
+    add_connection_arguments(parser)
     add(
         "--speed",
         type=_speed,
@@ -70,13 +70,7 @@ def add_send_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="X",
         help="pace at X times real time (default 1; 0 or inf: as fast as allowed)",
     )
-    add("--text", action="store_true", help="ask for Whisper text (a server started with --text)")
-    add("--language", help="text language (default: detected)")
-    add("--llm-format", choices=LLM_FORMATS, help="ask the server for segments in this format")
     add("--partials", action="store_true", help="ask for partial results (written to -o only)")
-    add("--token", help="bearer token (env ICHIGO_TOKEN)")
-    add("--insecure", action="store_true", help="wss:// without certificate verification")
-    add("--no-reconnect", action="store_true", help="fail on a lost connection")
     add("-o", "--output", metavar="OUT", help="write every event as JSON lines here")
 
 
@@ -114,8 +108,8 @@ async def send_file(args: argparse.Namespace, out: TextIO | None) -> Done | None
 
     audio = load_audio(args.file)
     options = ClientOptions(
-        url=args.url or os.environ.get("ICHIGO_URL") or DEFAULT_URL,
-        token=args.token or os.environ.get("ICHIGO_TOKEN") or None,
+        url=server_url(args),
+        token=server_token(args),
         ssl=False if args.insecure else None,
         start=StartOptions(
             partials=args.partials,
