@@ -119,6 +119,18 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=_env("max_realtime", "10"),
         help="refuse audio arriving faster than this many times real time",
     )
+    add(
+        "--realtime-burst-s",
+        type=positive,
+        default=_env("realtime_burst_s", "30"),
+        help="audio a session may send at any speed before --max-realtime applies",
+    )
+    add(
+        "--max-pending-segments",
+        type=count,
+        default=_env("max_pending_segments", "32"),
+        help="segments of one session waiting for the model before it is refused (1013)",
+    )
     add("--max-message-kb", type=count, default=_env("max_message_kb", "1024"))
     add("--max-session-s", type=positive, default=_env("max_session_s", "14400"))
     add("--idle-timeout-s", type=positive, default=_env("idle_timeout_s", "60"))
@@ -147,6 +159,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         limits=SessionLimits(
             max_message_bytes=args.max_message_kb * 1024,
             max_realtime=args.max_realtime,
+            realtime_burst_s=args.realtime_burst_s,
+            max_pending_segments=args.max_pending_segments,
             max_session_s=args.max_session_s,
             idle_timeout_s=args.idle_timeout_s,
         ),
