@@ -42,6 +42,12 @@ _RENAMES = (
 _CODEBOOK_KEY = "rq.layers.0._codebook.embed"
 
 
+def ichigo_mask_token(codebook_size: int) -> int:
+    """The mask code of an Ichigo-format file, which does not record it: 2048 in the merged
+    2561-code layout, otherwise the last code (WhisperVQ's layout)."""
+    return MERGED_MASK_TOKEN if codebook_size == MERGED_CODEBOOK_SIZE else codebook_size - 1
+
+
 @dataclass(frozen=True)
 class QuantizerCheckpoint:
     """A quantizer checkpoint read from disk, in this package's parameter names."""
@@ -105,7 +111,7 @@ def _infer_dims(state: dict[str, Tensor], file_name: str) -> QuantizerDims:
     depth = len({key.split(".")[1] for key in state if key.startswith("blocks.")})
     inv_freq = state.get("blocks.0.attn.rotary.inv_freq")
     head_width = 2 * inv_freq.shape[0] if inv_freq is not None else 64
-    mask = MERGED_MASK_TOKEN if codebook_size == MERGED_CODEBOOK_SIZE else codebook_size - 1
+    mask = ichigo_mask_token(codebook_size)
     return QuantizerDims(
         width=width,
         n_head=width // head_width,
@@ -259,10 +265,11 @@ def write_random_checkpoint(
     path = Path(path)
     state = random_head_state(dims, seed)
     if format == "ichigo":
-        if dims.codebook_size == MERGED_CODEBOOK_SIZE and dims.mask_token != MERGED_MASK_TOKEN:
-            raise ValueError("the Ichigo format implies mask token 2048 for a 2561-code codebook")
-        if dims.codebook_size != MERGED_CODEBOOK_SIZE and dims.mask_token != dims.codebook_size - 1:
-            raise ValueError("the Ichigo format implies the mask token is the last code")
+        if dims.mask_token != ichigo_mask_token(dims.codebook_size):
+            raise ValueError(
+                f"the Ichigo format implies mask token {ichigo_mask_token(dims.codebook_size)} "
+                f"for a {dims.codebook_size}-code codebook"
+            )
         file_state = _file_state(state, dims, "_out_blocks.")
         file_state["_codebook_usage"] = torch.zeros(dims.codebook_size)
         spec: dict[str, Any] = {"state_dict": {f"model.{k}": v for k, v in file_state.items()}}
@@ -304,7 +311,7 @@ def dims_for(
     whisper_width: int, codebook_size: int = MERGED_CODEBOOK_SIZE, **kw: Any
 ) -> QuantizerDims:
     """Quantizer dims of the released family for a Whisper width (head width 64)."""
-    mask = MERGED_MASK_TOKEN if codebook_size == MERGED_CODEBOOK_SIZE else codebook_size - 1
+    mask = ichigo_mask_token(codebook_size)
     return replace(
         QuantizerDims(
             width=whisper_width,
