@@ -59,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-import ichigo_stream
+from ichigo_stream.assets import sample_path
 from ichigo_stream.audio import load_audio
 from ichigo_stream.constants import SAMPLE_RATE
 from ichigo_stream.segmentation import Segment, VadOptions, segment_vad
@@ -148,7 +148,7 @@ def random_size(name: str) -> tuple[int, int]:
 def speech_files(args: argparse.Namespace) -> list[Path]:
     if args.speech:
         return [Path(p) for p in args.speech]
-    files = [Path(ichigo_stream.__file__).parent / "assets" / "sample.wav"]
+    files = [sample_path()]
     if shutil.which("espeak-ng") is None:
         log("espeak-ng not found: streaming the bundled sample only")
         return files

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,15 +28,12 @@ import numpy as np
 import soundfile as sf
 import torch
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
-
-from reference import reference_model
-
 from ichigo_stream.audio import load_audio
 from ichigo_stream.checkpoint import dims_for, write_random_checkpoint
 from ichigo_stream.constants import SAMPLE_RATE
 from ichigo_stream.loading import LoadOptions, load_tokenizer
 from ichigo_stream.pipeline import default_batch_size, tokenize_files
+from ichigo_stream.reference import reference_model
 from ichigo_stream.whisper_weights import (
     RELEASED_WHISPER_DIMS,
     random_whisper_dims,

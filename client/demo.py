@@ -14,13 +14,13 @@ import re
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
+from ichigo_stream.assets import sample_path
 from ichigo_stream.cli_common import EXIT_ERROR, EXIT_OK, PROG, Command, error_line
 
 from .send import send_file
 
-SAMPLE = Path(__file__).parents[1] / "ichigo_stream" / "assets" / "sample.wav"
+SAMPLE = sample_path()
 SERVING = re.compile(r"serving (wss?://\S+)")
 
 

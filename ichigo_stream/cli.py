@@ -12,6 +12,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 
 from . import __version__
 from .cli_common import (
@@ -29,14 +30,31 @@ from .errors import IchigoStreamError
 __all__ = ["DTYPE_NAMES", "build_parser", "main"]
 
 
-def all_commands() -> tuple[Command, ...]:
-    """Every subcommand: the library's offline ones, then the applications' (server/, client/)."""
-    from client.demo import DEMO_COMMAND
-    from client.mic import MIC_COMMAND
-    from client.send import SEND_COMMAND
-    from server.cli import SERVE_COMMAND
+COMMANDS_GROUP = "ichigo_stream.commands"
+# --help lists the applications' commands in this order; others (plug-ins) follow by name.
+APPLICATION_ORDER = ("serve", "send", "demo", "mic")
 
-    return (*OFFLINE_COMMANDS, SERVE_COMMAND, SEND_COMMAND, DEMO_COMMAND, MIC_COMMAND)
+
+def all_commands() -> tuple[Command, ...]:
+    """Every subcommand: the library's offline ones, then those the applications register.
+
+    The applications (server/ -> ichigo_stream_server, client/ -> ichigo_stream_client) depend
+    on this library, never the other way: they declare their commands as entry points in
+    pyproject.toml, and this loads what the installed metadata names.
+    """
+    found = {ep.name: ep for ep in entry_points(group=COMMANDS_GROUP)}
+    applications = []
+    for name in sorted(found, key=_listing_position):
+        command = found[name].load()
+        if not isinstance(command, Command) or command.name != name:
+            raise IchigoStreamError(f"entry point {name!r} of {COMMANDS_GROUP} is not its Command")
+        applications.append(command)
+    return (*OFFLINE_COMMANDS, *applications)
+
+
+def _listing_position(name: str) -> tuple[int, str]:
+    known = name in APPLICATION_ORDER
+    return (APPLICATION_ORDER.index(name) if known else len(APPLICATION_ORDER), name)
 
 
 def build_parser(commands: Sequence[Command] | None = None) -> argparse.ArgumentParser:

@@ -28,6 +28,7 @@ import pytest
 import torch
 from models import ModelFiles
 
+from ichigo_stream.assets import sample_path
 from ichigo_stream.audio import float32_to_pcm16, load_audio
 from ichigo_stream.client import (
     FLUSH,
@@ -52,11 +53,11 @@ from ichigo_stream.model import IchigoTokenizer
 from ichigo_stream.model_info import LoadOptions, ModelInfo
 from ichigo_stream.segmentation import SegmentClosed, VadSegmenter
 from ichigo_stream.tokens import to_ichigo
-from server.app import StreamServer, running_server
-from server.config import ServerConfig
+from ichigo_stream_server.app import StreamServer, running_server
+from ichigo_stream_server.config import ServerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "ichigo_stream" / "assets" / "sample.wav"
+SAMPLE = sample_path()
 SERVING = re.compile(r"^ichigo-stream: serving ws://127\.0\.0\.1:(\d+)/v1/stream$")
 SENTENCES = (
     "The quick brown fox jumps over the lazy dog.",
@@ -178,7 +179,7 @@ def assert_protocol_order(events: Sequence[Event]) -> None:
 
 def test_importing_the_client_does_not_import_torch() -> None:
     code = (
-        "import sys, ichigo_stream.client, client.send; "
+        "import sys, ichigo_stream.client, ichigo_stream_client.send; "
         "bad = [m for m in ('torch', 'whisper') if m in sys.modules]; "
         "assert not bad, bad"
     )

@@ -36,13 +36,20 @@ import numpy as np
 import pytest
 from models import ModelFiles
 
-from client.mic import DeviceError, InputDevice, MicCapture, describe_devices, find_device
+from ichigo_stream.assets import sample_path
 from ichigo_stream.audio import load_audio
 from ichigo_stream.constants import SAMPLE_RATE
 from ichigo_stream.segmentation import segment_vad
+from ichigo_stream_client.mic import (
+    DeviceError,
+    InputDevice,
+    MicCapture,
+    describe_devices,
+    find_device,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "ichigo_stream" / "assets" / "sample.wav"
+SAMPLE = sample_path()
 SERVING = re.compile(r"^ichigo-stream: serving (ws://127\.0\.0\.1:\d+/v1/stream)$")
 MIC = (sys.executable, "-m", "ichigo_stream", "mic")
 INSTALL_HINT = (

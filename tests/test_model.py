@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 import whisper
 from models import ModelFiles
-from reference import reference_model
 
+from ichigo_stream.assets import sample_path
 from ichigo_stream.constants import SAMPLE_RATE, WINDOW_SAMPLES, n_tokens
 from ichigo_stream.loading import LoadOptions, load_tokenizer
 from ichigo_stream.model import IchigoTokenizer, TextOptions
+from ichigo_stream.reference import reference_model
 
-SAMPLE = Path(__file__).parents[1] / "ichigo_stream" / "assets" / "sample.wav"
+SAMPLE = sample_path()
 # Clip lengths in seconds, from a tenth of a second to a full window.
 LENGTHS = (0.1, 0.5, 1.0, 2.5, 7.3, 13.37, 29.99, 30.0)
 

@@ -29,14 +29,15 @@ from typing import Any
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
+from ichigo_stream.assets import sample_path
 from ichigo_stream.loading import load_tokenizer
 from ichigo_stream.model_info import LoadOptions
 from ichigo_stream.tokens import format_tokens
-from server.app import STATIC, running_server
-from server.config import ServerConfig
+from ichigo_stream_server.app import STATIC, running_server
+from ichigo_stream_server.config import ServerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-SPEECH = ROOT / "ichigo_stream" / "assets" / "sample.wav"
+SPEECH = sample_path()
 SPEECH_SECONDS = 12.7
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 

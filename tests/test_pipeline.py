@@ -12,13 +12,14 @@ import soundfile as sf
 import torch
 
 from ichigo_stream import pipeline
+from ichigo_stream.assets import sample_path
 from ichigo_stream.audio import load_audio
 from ichigo_stream.constants import SAMPLE_RATE, SAMPLES_PER_TOKEN, WINDOW_SAMPLES, n_tokens
 from ichigo_stream.errors import SegmentationError
 from ichigo_stream.pipeline import FileResult, SegmentResult, tokenize_files
 from ichigo_stream.segmentation import split
 
-SAMPLE = Path(pipeline.__file__).parent / "assets" / "sample.wav"
+SAMPLE = sample_path()
 
 
 class FakeTokenizer:

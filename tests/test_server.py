@@ -44,6 +44,7 @@ from streaming import (
 )
 from websockets.exceptions import InvalidStatus
 
+from ichigo_stream.assets import sample_path
 from ichigo_stream.constants import SAMPLE_RATE, n_tokens
 from ichigo_stream.errors import IchigoStreamError
 from ichigo_stream.loading import load_tokenizer
@@ -52,11 +53,11 @@ from ichigo_stream.model_info import LoadOptions, ModelInfo
 from ichigo_stream.segmentation import SegmentClosed, VadSegmenter, segment_vad
 from ichigo_stream.session import Action, Job, JobResult, ServerSession, SessionLimits
 from ichigo_stream.tokens import to_ichigo_rle
-from server.app import StreamServer, running_server
-from server.config import ServerConfig
+from ichigo_stream_server.app import StreamServer, running_server
+from ichigo_stream_server.config import ServerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "ichigo_stream" / "assets" / "sample.wav"
+SAMPLE = sample_path()
 # Unpaced clients send as fast as the socket takes it: lift the rate limit for them.
 UNLIMITED = SessionLimits(max_realtime=1e6, realtime_burst_s=1e6)
 SERVING = re.compile(r"^ichigo-stream: serving ws://127\.0\.0\.1:(\d+)/v1/stream$")
@@ -692,7 +693,7 @@ def test_a_bug_in_one_session_fails_it_alone(
     monkeypatch: pytest.MonkeyPatch,
     where: str,
 ) -> None:
-    monkeypatch.setattr("server.app.ServerSession", BuggySession)
+    monkeypatch.setattr("ichigo_stream_server.app.ServerSession", BuggySession)
     sample = clips["sample"]
 
     async def main() -> tuple[Outcome, Outcome, Outcome, int]:

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from ichigo_stream.assets import sample_path
 from ichigo_stream.audio import float32_to_pcm16, pcm16_to_float32, resample
 from ichigo_stream.constants import SAMPLE_RATE
 from ichigo_stream.protocol import CloseCode, ProtocolError, encode
@@ -38,7 +39,7 @@ from ichigo_stream.session import (
 )
 from ichigo_stream.tokens import format_tokens
 
-SAMPLE_WAV = "ichigo_stream/assets/sample.wav"
+SAMPLE_WAV = sample_path()
 MODEL = {
     "name": "fake.pth",
     "sha256": "0" * 64,

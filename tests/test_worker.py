@@ -13,7 +13,7 @@ from models import ModelFiles
 from ichigo_stream.loading import LoadOptions, load_tokenizer
 from ichigo_stream.model import IchigoTokenizer
 from ichigo_stream.session import Job, JobResult
-from server.worker import ModelWorker
+from ichigo_stream_server.worker import ModelWorker
 
 
 class Recording:

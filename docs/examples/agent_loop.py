@@ -25,12 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ichigo_stream.assets import sample_path
 from ichigo_stream.audio import load_audio
 from ichigo_stream.client import DEFAULT_URL, ClientOptions, Segment, StartOptions, stream
 
 SAMPLE_RATE = 16_000
 CHUNK = SAMPLE_RATE // 10  # 100 ms, what a live source would send
-SAMPLE = Path(__file__).resolve().parents[2] / "ichigo_stream" / "assets" / "sample.wav"
+SAMPLE = sample_path()
 SYSTEM = "You are a helpful voice assistant. The user speaks in sound tokens."
 
 

@@ -1,4 +1,5 @@
-"""The reference implementation (ichigo-asr 0.1.1) built from a checkpoint file, for parity tests.
+"""The reference implementation (ichigo-asr 0.1.1) built from a checkpoint file: parity tests
+and side-by-side benchmarks use it (install it as .ci/install does; it is not a dependency).
 
 ichigo_asr imports torchaudio at module level but reads no files here; torchaudio from PyPI
 is a CUDA build that cannot import with the CPU torch, so an empty stand-in module takes
