@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -58,19 +59,21 @@ def test_benchmarks_do_not_reach_into_tests() -> None:
 
 @pytest.mark.timeout(300)
 def test_the_wheel_installs_only_namespaced_packages(tmp_path: Path) -> None:
+    # Built from a copy of the tracked files: setuptools writes build/ next to pyproject.toml,
+    # and tests never write into the source tree.
+    source = tmp_path / "src"
+    tracked = (
+        subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True)
+        .stdout.decode()
+        .split("\0")
+    )
+    for name in filter(None, tracked):
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "-w",
-            str(tmp_path),
-            str(ROOT),
-        ],
+        [*pip_wheel, "-w", str(tmp_path), str(source)],
         check=True,
         capture_output=True,
     )
