@@ -49,8 +49,8 @@ client's, continuous across reconnects.
 --speed 0 (or inf) sends as fast as the server accepts (the client keeps under the server's
 default real-time limit). A lost connection is retried with backoff and resumed from the end
 of the last segment received; --no-reconnect fails instead.
-URL (or --url, ICHIGO_URL) defaults to {DEFAULT_URL}; --token (ICHIGO_TOKEN) is the secret
-the server was started with (its --auth-token).
+URL (or --url, ICHIGO_URL) defaults to {DEFAULT_URL};
+--token (ICHIGO_TOKEN) is the secret the server was started with (its --auth-token).
 """
 
 

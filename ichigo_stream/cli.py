@@ -39,19 +39,20 @@ APPLICATION_ORDER = ("serve", "send", "demo", "mic")
 
 
 ENVIRONMENT_HELP = f"""\
-environment: every option --some-option may also be set as {ENV_PREFIX}SOME_OPTION (e.g.
-{ENV_PREFIX}PORT=9000, {ENV_PREFIX}MAX_BATCH=8); the command line wins, an empty variable counts as
-unset. Flags without a value read {"/".join(TRUE_WORDS)} or {"/".join(FALSE_WORDS)}; options
-taking several values read them separated by spaces. Positional arguments are never read
-from the environment. The server's secret is {ENV_PREFIX}AUTH_TOKEN (serve --auth-token), the
-clients' credential {ENV_PREFIX}TOKEN (send/mic --token).
+environment: every option --some-option of a command may also be set as
+ICHIGO_SOME_OPTION (e.g. ICHIGO_PORT=9000, ICHIGO_MAX_BATCH=8). The command line wins;
+an empty variable counts as unset; flags without a value read {"/".join(TRUE_WORDS)} or
+{"/".join(FALSE_WORDS)}; options taking several values read them separated by spaces;
+positional arguments never come from the environment. The server's secret is
+ICHIGO_AUTH_TOKEN (serve --auth-token), the clients' credential ICHIGO_TOKEN (--token).
 """
 
 
 ENVIRONMENT_NOTE = (
-    f"environment: --some-option may also come from {ENV_PREFIX}SOME_OPTION (the command line "
+    "environment: --some-option may also come from ICHIGO_SOME_OPTION (the command line\n"
     f"wins); see `{PROG} --help`.\n"
 )
+assert ENV_PREFIX == "ICHIGO_"  # the help texts spell it out
 
 
 def all_commands() -> tuple[Command, ...]:

@@ -124,10 +124,16 @@ def test_every_option_reads_its_variable(monkeypatch: pytest.MonkeyPatch) -> Non
                 for word, expected in (("1", given), ("On", given), ("no", action.default)):
                     monkeypatch.setenv(name, word)
                     assert getattr(parse(command, *base), action.dest) == expected, (command, name)
-            else:
+            elif action.nargs in (None, "?"):
                 text, value = accepted_value(command, action)
                 monkeypatch.setenv(name, text)
                 assert getattr(parse(command, *base), action.dest) == value, (command, name)
+            else:  # several values: whitespace-separated in the variable
+                texts = [text for text, _ in accepted(command, action)][:2]
+                flag = action.option_strings[0]
+                given = getattr(parse(command, *base, flag, *texts), action.dest)
+                monkeypatch.setenv(name, "  ".join(texts))
+                assert len(given) == 2 and getattr(parse(command, *base), action.dest) == given
             monkeypatch.delenv(name)
 
 
