@@ -95,6 +95,10 @@ class EnvironmentParser(argparse.ArgumentParser):
     its own options' variables when it parses, and no other subcommand reads anything.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._relaxed: list[argparse.Action] = []  # required options met by the environment
+
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
@@ -133,7 +137,7 @@ class EnvironmentParser(argparse.ArgumentParser):
     def _as_built(self) -> Iterator[None]:
         # --help (or a usage error) inside the window above shows the options as they are
         # declared: the environment never changes what help says.
-        relaxed = getattr(self, "_relaxed", [])
+        relaxed = self._relaxed
         for action in relaxed:
             action.required = True
         try:
@@ -172,6 +176,8 @@ class EnvironmentParser(argparse.ArgumentParser):
                 return
             several = action.nargs not in (None, argparse.OPTIONAL)
             strings = text.split() if several else [text]
+            # argparse's own conversion (private, but unchanged since Python 3.2): type,
+            # nargs and choices exactly as for the flag, with the flag's error messages.
             action(self, namespace, self._get_values(action, strings), flag)
         except argparse.ArgumentError as e:
             self.error(f"{e} (from the environment variable {name})")
