@@ -64,7 +64,7 @@ from ichigo_stream.client import (
 from ichigo_stream.constants import SAMPLE_RATE
 from ichigo_stream.errors import IchigoStreamError
 
-from .common import add_connection_arguments, server_token, server_url
+from .common import add_connection_arguments, server_url
 from .terminal_view import LiveView, MicStatus, PlainView, View, printable, segment_line
 
 if TYPE_CHECKING:
@@ -162,7 +162,14 @@ def _positive(text: str) -> float:
 def add_mic_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add_connection_arguments(parser)
-    add("--device", metavar="N|NAME", help="input device: index or (part of) its name")
+    # Not --device: everywhere else that is the model's torch device (ICHIGO_DEVICE=cuda must
+    # not pick a microphone); --device stays as an alias on the command line.
+    add(
+        "--input-device",
+        "--device",
+        metavar="N|NAME",
+        help="input device: index or (part of) its name (env ICHIGO_INPUT_DEVICE)",
+    )
     add("--list-devices", action="store_true", help="list the input devices and exit")
     add("--save", metavar="FILE.jsonl", help="write every event as JSON lines here")
     add("--no-partials", action="store_true", help="do not ask for partial results")
@@ -186,9 +193,9 @@ def add_mic_arguments(parser: argparse.ArgumentParser) -> None:
 def mic_options(args: argparse.Namespace) -> MicOptions:
     return MicOptions(
         url=server_url(args),
-        token=server_token(args),
+        token=args.token or None,
         insecure=args.insecure,
-        device=args.device,
+        device=args.input_device,
         text=args.text,
         language=args.language,
         llm_format=args.llm_format,

@@ -15,6 +15,7 @@ import math
 import sys
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import TextIO
 
 import numpy as np
@@ -34,7 +35,7 @@ from ichigo_stream.client import (
 )
 from ichigo_stream.constants import SAMPLE_RATE
 
-from .common import add_connection_arguments, server_token, server_url
+from .common import add_connection_arguments, server_url, speed_arg
 
 CHUNK_S = 0.1  # paced chunks: what a live source would send
 FAST_CHUNK_S = 0.5  # unpaced: fewer, larger messages
@@ -48,15 +49,56 @@ client's, continuous across reconnects.
 --speed 0 (or inf) sends as fast as the server accepts (the client keeps under the server's
 default real-time limit). A lost connection is retried with backoff and resumed from the end
 of the last segment received; --no-reconnect fails instead.
-environment: ICHIGO_URL, ICHIGO_TOKEN (flags win). Default URL: {DEFAULT_URL}
+URL (or --url, ICHIGO_URL) defaults to {DEFAULT_URL};
+--token (ICHIGO_TOKEN) is the secret the server was started with (its --auth-token).
 """
 
 
-def _speed(text: str) -> float:
-    value = float(text)
-    if not value >= 0:  # `not` so that NaN fails too
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+@dataclass(frozen=True)
+class SendOptions:
+    """What `send` streams, where, and how: built once from the command line (or by the demo)."""
+
+    file: str
+    url: str = DEFAULT_URL
+    token: str | None = None
+    insecure: bool = False
+    text: bool = False
+    language: str | None = None
+    llm_format: str | None = None
+    partials: bool = False
+    reconnect: bool = True
+    speed: float = 1.0  # times real time; 0 or inf: as fast as allowed
+    output: str | None = None  # every event as JSON lines here
+
+    def client_options(self) -> ClientOptions:
+        return ClientOptions(
+            url=self.url,
+            token=self.token,
+            ssl=False if self.insecure else None,
+            start=StartOptions(
+                partials=self.partials,
+                text=self.text,
+                language=self.language,
+                llm_format=self.llm_format,
+            ),
+            reconnect=ReconnectPolicy() if self.reconnect else None,
+        )
+
+
+def send_options(args: argparse.Namespace) -> SendOptions:
+    return SendOptions(
+        file=args.file,
+        url=server_url(args),
+        token=args.token or None,
+        insecure=args.insecure,
+        text=args.text,
+        language=args.language,
+        llm_format=args.llm_format,
+        partials=args.partials,
+        reconnect=not args.no_reconnect,
+        speed=args.speed,
+        output=args.output,
+    )
 
 
 def add_send_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +107,7 @@ def add_send_arguments(parser: argparse.ArgumentParser) -> None:
     add_connection_arguments(parser)
     add(
         "--speed",
-        type=_speed,
+        type=speed_arg,
         default=1.0,
         metavar="X",
         help="pace at X times real time (default 1; 0 or inf: as fast as allowed)",
@@ -103,24 +145,12 @@ async def paced(audio: np.ndarray, speed: float) -> AsyncIterator[np.ndarray]:
         yield audio[at : at + step]
 
 
-async def send_file(args: argparse.Namespace, out: TextIO | None) -> Done | None:
+async def send_file(options: SendOptions, out: TextIO | None) -> Done | None:
     from ichigo_stream.audio import load_audio
 
-    audio = load_audio(args.file)
-    options = ClientOptions(
-        url=server_url(args),
-        token=server_token(args),
-        ssl=False if args.insecure else None,
-        start=StartOptions(
-            partials=args.partials,
-            text=args.text,
-            language=args.language,
-            llm_format=args.llm_format,
-        ),
-        reconnect=None if args.no_reconnect else ReconnectPolicy(),
-    )
+    audio = load_audio(options.file)
     done: Done | None = None
-    async for event in stream(paced(audio, args.speed), options):
+    async for event in stream(paced(audio, options.speed), options.client_options()):
         if out is not None:
             out.write(json.dumps(event_to_dict(event), ensure_ascii=False) + "\n")
             out.flush()
@@ -137,13 +167,14 @@ async def send_file(args: argparse.Namespace, out: TextIO | None) -> Done | None
 
 
 def _run_send(args: argparse.Namespace) -> int:
+    options = send_options(args)
     # Reconnect warnings from the client library, one line each, like the CLI's own.
     logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(message)s")
-    if args.output is None:
-        done = asyncio.run(send_file(args, None))
+    if options.output is None:
+        done = asyncio.run(send_file(options, None))
     else:
-        with open_output(args.output) as out:
-            done = asyncio.run(send_file(args, out))
+        with open_output(options.output) as out:
+            done = asyncio.run(send_file(options, out))
     if done is not None:
         print(
             f"{PROG}: done: {done.segments} segment(s), {done.audio_seconds:.2f} s of audio, "

@@ -1,6 +1,8 @@
 """The ichigo-stream command: one small function pair (arguments, run) per subcommand.
 
-Configuration flows one way: argparse -> frozen options dataclasses -> constructors.
+Configuration flows one way: command line (and ICHIGO_* variables, by the one rule of
+ichigo_stream.config, applied while parsing) -> frozen options dataclasses -> constructors.
+Nothing below a subcommand's run function sees the argparse Namespace.
 Exit status: 0 success; 1 some input files failed (the others were still processed);
 2 usage, configuration or model-loading errors; 130 interrupted.
 """
@@ -25,6 +27,7 @@ from .cli_common import (
     error_line,
 )
 from .cli_offline import OFFLINE_COMMANDS
+from .config import ENV_PREFIX, FALSE_WORDS, TRUE_WORDS, EnvironmentParser
 from .errors import IchigoStreamError
 
 __all__ = ["DTYPE_NAMES", "build_parser", "main"]
@@ -33,6 +36,23 @@ __all__ = ["DTYPE_NAMES", "build_parser", "main"]
 COMMANDS_GROUP = "ichigo_stream.commands"
 # --help lists the applications' commands in this order; others (plug-ins) follow by name.
 APPLICATION_ORDER = ("serve", "send", "demo", "mic")
+
+
+ENVIRONMENT_HELP = f"""\
+environment: every option --some-option of a command may also be set as
+ICHIGO_SOME_OPTION (e.g. ICHIGO_PORT=9000, ICHIGO_MAX_BATCH=8). The command line wins;
+an empty variable counts as unset; flags without a value read {"/".join(TRUE_WORDS)} or
+{"/".join(FALSE_WORDS)}; options taking several values read them separated by spaces;
+positional arguments never come from the environment. The server's secret is
+ICHIGO_AUTH_TOKEN (serve --auth-token), the clients' credential ICHIGO_TOKEN (--token).
+"""
+
+
+ENVIRONMENT_NOTE = (
+    "environment: --some-option may also come from ICHIGO_SOME_OPTION (the command line\n"
+    f"wins); see `{PROG} --help`.\n"
+)
+assert ENV_PREFIX == "ICHIGO_"  # the help texts spell it out
 
 
 def all_commands() -> tuple[Command, ...]:
@@ -58,17 +78,22 @@ def _listing_position(name: str) -> tuple[int, str]:
 
 
 def build_parser(commands: Sequence[Command] | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="Real-time streaming speech tokenizer (Ichigo-Whisper)."
+    parser = EnvironmentParser(
+        prog=PROG,
+        description="Real-time streaming speech tokenizer (Ichigo-Whisper).",
+        epilog=ENVIRONMENT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in commands or all_commands():
+        # Subparsers are of the parent's class (EnvironmentParser): each reads its own options'
+        # variables when it is the one parsing, and only then.
         sub = subparsers.add_parser(
             command.name,
             help=command.help,
             description=command.help,
-            epilog=command.epilog or None,
+            epilog=f"{command.epilog}{ENVIRONMENT_NOTE}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         command.add_arguments(sub)

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
-from .errors import IchigoStreamError, ModelLoadError, SegmentationError
-from .model_info import DEFAULT_MODEL, DTYPE_NAMES, LoadOptions
+from .errors import IchigoStreamError, SegmentationError
+from .options import DEFAULT_MODEL, DTYPE_NAMES, LoadOptions, device_problem, dtype_problem
 from .pipeline import SEGMENT_MODES, FileResult, SegmentMode, tokenize_files
 from .segmentation import VadOptions
 
@@ -26,14 +24,7 @@ if TYPE_CHECKING:
 
 PROG = "ichigo-stream"
 OUTPUT_FORMATS = ("jsonl", "ichigo", "ichigo-rle")
-ENV_MODEL, ENV_WHISPER, ENV_DEVICE, ENV_DTYPE = (
-    "ICHIGO_MODEL",
-    "ICHIGO_WHISPER",
-    "ICHIGO_DEVICE",
-    "ICHIGO_DTYPE",
-)
 EXIT_OK, EXIT_FILES_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
-DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
 # (flag, VadOptions field, type, metavar, help): each VAD flag sets the field of its name.
 VAD_FLAGS: tuple[tuple[str, str, type, str, str], ...] = (
     ("--vad-aggressiveness", "aggressiveness", int, "0-3", "webrtcvad aggressiveness"),
@@ -67,57 +58,84 @@ class BatchOptions:
 # -- shared argument groups and their options dataclasses ------------------------------------
 
 
+# The argparse types every command shares: one per kind of value, so --device (say) is
+# checked the same way by tokenize, transcribe, serve and demo, from a flag or ICHIGO_DEVICE.
+
+
 def positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
 
 
 def device_arg(text: str) -> str:
-    if not DEVICE_PATTERN.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    """--device: cpu, cuda or cuda:N (the rule LoadOptions checks too)."""
+    problem = device_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{problem}, got {text!r}")
     return text
 
 
+def dtype_arg(text: str) -> str:
+    """--dtype: an encoder precision name (the rule LoadOptions checks too)."""
+    problem = dtype_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{problem}, got {text!r}")
+    return text
+
+
+DTYPE_METAVAR = "{" + ",".join(DTYPE_NAMES) + "}"
+
+
+def add_device_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    *,
+    device: str | None = "cpu",
+    dtype: str | None = "float32",
+) -> None:
+    """--device and --dtype with the shared types; a None default leaves the choice to serve."""
+    parser.add_argument(
+        "--device",
+        type=device_arg,
+        default=device,
+        metavar="DEVICE",
+        help=f"cpu, cuda or cuda:N (default {device or 'as serve: cpu'})",
+    )
+    parser.add_argument(
+        "--dtype",
+        type=dtype_arg,
+        default=dtype,
+        metavar=DTYPE_METAVAR,
+        help=f"encoder precision (default {dtype or 'as serve: float32'})",
+    )
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model (each also read from its environment variable)")
+    group = parser.add_argument_group("model")
     group.add_argument(
         "--model",
         metavar="REF",
-        help=f"quantizer checkpoint: a local .pth/.ckpt/.model file or a Hugging Face REPO:FILE "
-        f"(env {ENV_MODEL}; default: the released Ichigo-Whisper medium checkpoint)",
+        default=DEFAULT_MODEL,
+        help="quantizer checkpoint: a local .pth/.ckpt/.model file or a Hugging Face REPO:FILE "
+        "(default: the released Ichigo-Whisper medium checkpoint)",
     )
     group.add_argument(
         "--whisper",
         metavar="REF",
-        help=f"Whisper model: an openai-whisper name (medium, large-v3, ...) or a local .pt "
-        f"(env {ENV_WHISPER}; default: the one the checkpoint was trained on)",
+        help="Whisper model: an openai-whisper name (medium, large-v3, ...) or a local .pt "
+        "(default: the one the checkpoint was trained on)",
     )
-    group.add_argument(
-        "--device", type=device_arg, help=f"cpu, cuda or cuda:N (env {ENV_DEVICE}; default cpu)"
-    )
-    group.add_argument(
-        "--dtype",
-        choices=DTYPE_NAMES,
-        help=f"encoder precision (env {ENV_DTYPE}; default float32)",
-    )
+    add_device_arguments(group)
 
 
 def load_options(args: argparse.Namespace) -> LoadOptions:
-    """CLI flags win over environment variables, which win over the defaults."""
-    env = os.environ
-    device = args.device or env.get(ENV_DEVICE) or "cpu"
-    dtype = args.dtype or env.get(ENV_DTYPE) or "float32"
-    if not DEVICE_PATTERN.fullmatch(device):
-        raise ModelLoadError(f"{ENV_DEVICE}={device!r}: expected cpu, cuda or cuda:N")
-    if dtype not in DTYPE_NAMES:
-        raise ModelLoadError(f"{ENV_DTYPE}={dtype!r}: expected one of {', '.join(DTYPE_NAMES)}")
+    """The model options of a parsed command line (environment already applied by the parser)."""
     return LoadOptions(
-        model=args.model or env.get(ENV_MODEL) or DEFAULT_MODEL,
-        whisper=args.whisper or env.get(ENV_WHISPER) or None,
-        device=device,
-        dtype=dtype,
+        model=args.model, whisper=args.whisper or None, device=args.device, dtype=args.dtype
     )
 
 

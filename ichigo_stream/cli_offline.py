@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .cli_common import (
-    ENV_DEVICE,
-    ENV_DTYPE,
-    ENV_MODEL,
-    ENV_WHISPER,
     EXIT_FILES_FAILED,
     EXIT_OK,
     OUTPUT_FORMATS,
     PROG,
+    BatchOptions,
     Command,
     add_model_arguments,
     add_output_argument,
@@ -30,17 +28,18 @@ from .cli_common import (
 )
 from .constants import SAMPLE_RATE
 from .errors import IchigoStreamError
+from .options import LoadOptions
 from .pipeline import FileResult
 from .tokens import to_ichigo, to_ichigo_rle
 
 # -- tokenize ----------------------------------------------------------------------------------
 
-TOKENIZE_EPILOG = f"""\
+TOKENIZE_EPILOG = """\
 output formats (--format), one line per FILE in the order given:
-  jsonl       {{"file", "sample_rate": 16000, "segments": [{{"start", "end", "tokens"}}],
-              "model": {{"name", "sha256", "codebook_size", "mask_token", "token_rate",
-              "whisper"}}}}; start/end in seconds (whole 16 kHz samples / 16000).
-              A file that fails gives {{"file", "error"}}.
+  jsonl       {"file", "sample_rate": 16000, "segments": [{"start", "end", "tokens"}],
+              "model": {"name", "sha256", "codebook_size", "mask_token", "token_rate",
+              "whisper"}}; start/end in seconds (whole 16 kHz samples / 16000).
+              A file that fails gives {"file", "error"}.
   ichigo      the text Ichigo LLMs read: per segment <|sound_start|><|sound_NNNN|>...
               <|sound_end|>, segments separated by one space; a file that failed or holds
               no speech gives an empty line.
@@ -52,8 +51,28 @@ position among the FILEs; failed files get no plot).
 
 Failed files (unreadable, empty, over 30 s with --segment none, ...) are reported on stderr
 and skipped; the exit status is then 1. Model errors exit with 2.
-environment: {ENV_MODEL}, {ENV_WHISPER}, {ENV_DEVICE}, {ENV_DTYPE} (flags win).
 """
+
+
+@dataclass(frozen=True)
+class TokenizeOptions:
+    files: tuple[str, ...]
+    load: LoadOptions
+    batch: BatchOptions
+    format: str  # one of OUTPUT_FORMATS
+    output: str | None  # None: stdout
+    plot: str | None  # PNG path (STEM-<index>.png when several files)
+
+
+def tokenize_options(args: argparse.Namespace) -> TokenizeOptions:
+    return TokenizeOptions(
+        files=tuple(args.files),
+        load=load_options(args),
+        batch=batch_options(args),
+        format=args.format,
+        output=args.output,
+        plot=args.plot,
+    )
 
 
 def _tokenize_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,26 +121,29 @@ def plot_paths(png: str, n_files: int) -> list[Path]:
 
 
 def _run_tokenize(args: argparse.Namespace) -> int:
-    load, batch = load_options(args), batch_options(args)
-    plots = plot_paths(args.plot, len(args.files)) if args.plot else None
+    return run_tokenize(tokenize_options(args))
+
+
+def run_tokenize(options: TokenizeOptions) -> int:
+    plots = plot_paths(options.plot, len(options.files)) if options.plot else None
     if plots is not None:
         if not plots[0].parent.is_dir():
-            raise IchigoStreamError(f"--plot {args.plot}: no directory {plots[0].parent}")
+            raise IchigoStreamError(f"--plot {options.plot}: no directory {plots[0].parent}")
         try:
             from .plot import plot_tokens
         except ImportError:
             raise IchigoStreamError("--plot needs matplotlib: pip install matplotlib") from None
-    with open_output(args.output) as out:
-        tokenizer, info = load_model(load)
+    with open_output(options.output) as out:
+        tokenizer, info = load_model(options.load)
         model = info.to_dict()
         failed = False
-        results = tokenized(args.files, tokenizer, batch, keep_audio=plots is not None)
+        results = tokenized(options.files, tokenizer, options.batch, keep_audio=plots is not None)
         for index, result in enumerate(results):
             failed |= report(result)
-            if args.format == "jsonl":
+            if options.format == "jsonl":
                 line = _jsonl_line(result, model)
             else:
-                line = _ichigo_line(result, args.format)
+                line = _ichigo_line(result, options.format)
             out.write(line + "\n")
             out.flush()  # consumers see each file as soon as it is done
             if plots is not None and result.audio is not None:
@@ -144,6 +166,27 @@ The text is Whisper's decoder reading the tokens, i.e. what the tokens still car
 """
 
 
+@dataclass(frozen=True)
+class TranscribeOptions:
+    files: tuple[str, ...]
+    load: LoadOptions
+    batch: BatchOptions
+    language: str | None  # None: Whisper detects it
+    prompt: str | None
+    output: str | None  # None: stdout
+
+
+def transcribe_options(args: argparse.Namespace) -> TranscribeOptions:
+    return TranscribeOptions(
+        files=tuple(args.files),
+        load=load_options(args),
+        batch=batch_options(args),
+        language=args.language,
+        prompt=args.prompt,
+        output=args.output,
+    )
+
+
 def _transcribe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (any format)")
     add_model_arguments(parser)
@@ -164,14 +207,18 @@ def timestamp(samples: int) -> str:
 
 
 def _run_transcribe(args: argparse.Namespace) -> int:
-    from .model import TextOptions
+    return run_transcribe(transcribe_options(args))
 
-    load, batch = load_options(args), batch_options(args)
-    text_options = TextOptions(language=args.language, prompt=args.prompt)
-    with open_output(args.output) as out:
-        tokenizer, _ = load_model(load, text=True)
+
+def run_transcribe(options: TranscribeOptions) -> int:
+    from .model import TextOptions  # imports torch: only when transcribing
+
+    text_options = TextOptions(language=options.language, prompt=options.prompt)
+    with open_output(options.output) as out:
+        tokenizer, _ = load_model(options.load, text=True)
         failed = False
-        for result in tokenized(args.files, tokenizer, batch, text_options=text_options):
+        results = tokenized(options.files, tokenizer, options.batch, text_options=text_options)
+        for result in results:
             if report(result):
                 failed = True
                 continue
@@ -192,6 +239,32 @@ WhisperSpeech .model) and Whisper as an openai-whisper .pt. They run exactly as 
 weights, so they serve offline smoke runs, benchmarks and tests; their tokens and text are
 meaningless. --full NAME gives a Whisper of that released model's full size.
 """
+CHECKPOINT_FORMATS = ("ichigo", "whisperspeech")
+
+
+@dataclass(frozen=True)
+class RandomModelOptions:
+    out: Path
+    whisper_out: Path
+    width: int | None  # None: 1024, or the --full model's
+    codes: int
+    layers: int | None  # None: 2, or the --full model's
+    checkpoint_format: str  # one of CHECKPOINT_FORMATS
+    full: str | None  # a released Whisper's name
+    seed: int
+
+
+def random_model_options(args: argparse.Namespace) -> RandomModelOptions:
+    return RandomModelOptions(
+        out=Path(args.out),
+        whisper_out=Path(args.whisper_out),
+        width=args.width,
+        codes=args.codes,
+        layers=args.layers,
+        checkpoint_format=args.checkpoint_format,
+        full=args.full,
+        seed=args.seed,
+    )
 
 
 def _random_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -208,9 +281,12 @@ def _random_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--layers", type=positive_int, help="Whisper encoder layers (default 2; fewer is faster)"
     )
+    # Not --format: that is tokenize's output format, and one option name (so one
+    # ICHIGO_* variable) means one thing across commands; --format stays as an alias.
     parser.add_argument(
+        "--checkpoint-format",
         "--format",
-        choices=("ichigo", "whisperspeech"),
+        choices=CHECKPOINT_FORMATS,
         default="ichigo",
         help="quantizer file format (default ichigo)",
     )
@@ -224,43 +300,47 @@ def _random_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_make_random_model(args: argparse.Namespace) -> int:
+    return run_make_random_model(random_model_options(args))
+
+
+def run_make_random_model(options: RandomModelOptions) -> int:
     from .checkpoint import dims_for, write_random_checkpoint
     from .whisper_weights import RELEASED_WHISPER_DIMS, random_whisper_dims, write_random_whisper
 
-    if args.full is not None:
-        if args.full not in RELEASED_WHISPER_DIMS:
+    if options.full is not None:
+        if options.full not in RELEASED_WHISPER_DIMS:
             names = ", ".join(RELEASED_WHISPER_DIMS)
-            raise IchigoStreamError(f"--full {args.full!r}: expected one of {names}")
-        released = RELEASED_WHISPER_DIMS[args.full]
-        if args.width not in (None, released["width"]) or args.layers is not None:
+            raise IchigoStreamError(f"--full {options.full!r}: expected one of {names}")
+        released = RELEASED_WHISPER_DIMS[options.full]
+        if options.width not in (None, released["width"]) or options.layers is not None:
             raise IchigoStreamError(
-                f"--full {args.full} fixes width {released['width']} and the layer counts; "
+                f"--full {options.full} fixes width {released['width']} and the layer counts; "
                 "drop --width/--layers"
             )
         whisper_dims = random_whisper_dims(**released)
     else:
-        width = args.width or 1024
+        width = options.width or 1024
         if width % 64:
             raise IchigoStreamError(f"--width {width}: must be a multiple of 64")
-        whisper_dims = random_whisper_dims(width, n_layer=args.layers or 2)
-    if not 2 <= args.codes <= 10_000:
-        raise IchigoStreamError(f"--codes {args.codes}: must be in 2..10000 (4-digit token ids)")
-    quantizer_dims = dims_for(whisper_dims.n_audio_state, args.codes)
-    whisper_out, out = Path(args.whisper_out), Path(args.out)
+        whisper_dims = random_whisper_dims(width, n_layer=options.layers or 2)
+    if not 2 <= options.codes <= 10_000:
+        raise IchigoStreamError(f"--codes {options.codes}: must be in 2..10000 (4-digit token ids)")
+    quantizer_dims = dims_for(whisper_dims.n_audio_state, options.codes)
+    whisper_out, out = options.whisper_out, options.out
     try:
-        write_random_whisper(whisper_out, whisper_dims, seed=args.seed)
+        write_random_whisper(whisper_out, whisper_dims, seed=options.seed)
         # A WhisperSpeech file names its Whisper: point it at the one written here.
         write_random_checkpoint(
             out,
             quantizer_dims,
-            format=args.format,
+            format=options.checkpoint_format,
             whisper_name=str(whisper_out.resolve()),
-            seed=args.seed + 1,
+            seed=options.seed + 1,
         )
     except OSError as e:
         raise IchigoStreamError(f"cannot write {e.filename or out}: {e.strerror or e}") from None
     print(
-        f"wrote {out} ({args.format} quantizer: width {quantizer_dims.width}, "
+        f"wrote {out} ({options.checkpoint_format} quantizer: width {quantizer_dims.width}, "
         f"{quantizer_dims.codebook_size} codes, mask {quantizer_dims.mask_token}) and "
         f"{whisper_out} (Whisper: {whisper_dims.n_audio_layer} encoder / "
         f"{whisper_dims.n_text_layer} decoder layers, {whisper_dims.n_mels} mels)\n"

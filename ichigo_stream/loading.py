@@ -11,10 +11,11 @@ from .checkpoint import build_head, read_checkpoint, sha256_file
 from .constants import TOKEN_RATE
 from .errors import ModelLoadError
 from .model import IchigoTokenizer
-from .model_info import DEFAULT_MODEL, DTYPE_NAMES, LoadOptions, ModelInfo
+from .model_info import ModelInfo
+from .options import DEFAULT_MODEL, DTYPE_NAMES, LoadOptions
 from .whisper_weights import build_encoder, build_text_model, read_whisper, resolve_whisper
 
-# Encoder precisions by name (the names live in model_info, which CLI parsing imports).
+# Encoder precisions by name (the names live in options, which CLI parsing imports).
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 assert tuple(DTYPES) == DTYPE_NAMES
 

@@ -1,23 +1,13 @@
-"""What names a model (load options) and what describes it to token consumers (ModelInfo).
+"""What describes a model to token consumers (ModelInfo): the record every tokens output carries.
 
-Torch-free, so command-line parsing, the protocol and clients can use it.
+Torch-free, so the protocol and clients can use it. What names a model to load is LoadOptions,
+in ichigo_stream.options.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
-
-DEFAULT_MODEL = "homebrewltd/ichigo-whisper:merge-medium-vi-2d-2560c-dim64.pth"
-DTYPE_NAMES = ("float32", "float16", "bfloat16")
-
-
-@dataclass(frozen=True)
-class LoadOptions:
-    model: str = DEFAULT_MODEL  # a local path or a Hugging Face REPO:FILE
-    whisper: str | None = None  # None: the Whisper the checkpoint was trained on
-    device: str = "cpu"
-    dtype: str = "float32"
 
 
 @dataclass(frozen=True)

@@ -17,16 +17,19 @@ endpoints on the same port:
   GET /                         the browser page
 lifecycle: load -> warm up -> serve -> on SIGTERM/SIGINT stop accepting, finish every open
 segment, send done, close, exit within --drain-timeout-s.
-every option can also come from the environment: ICHIGO_<OPTION> (e.g. ICHIGO_PORT,
-ICHIGO_TOKEN, ICHIGO_ALLOW_ORIGIN="https://a.example https://b.example"); flags win.
+the server's secret: --auth-token SECRET or ICHIGO_AUTH_TOKEN (ICHIGO_TOKEN is the clients'
+credential: serve refuses to start on it alone rather than run without a secret).
+options from the environment, e.g. ICHIGO_PORT=9000, ICHIGO_TEXT=1,
+ICHIGO_ALLOW_ORIGIN="https://a.example https://b.example".
 """
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    config = config_from_args(args)  # every configuration error before anything loads
     from .app import run_server  # imports torch: only when serving
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    run_server(config_from_args(args))
+    run_server(config)
     return EXIT_OK
 
 

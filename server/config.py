@@ -1,14 +1,21 @@
-"""Server configuration: command line (or ICHIGO_* environment variables) -> frozen ServerConfig."""
+"""Server configuration: the `serve` options -> frozen ServerConfig.
+
+The ICHIGO_* variables reach these options through the command line's one environment rule
+(ichigo_stream.config), applied while parsing; nothing here reads the environment for an
+option, and the defaults below are the real built-in ones (so `serve --help` shows them).
+"""
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ichigo_stream.model_info import DEFAULT_MODEL, DTYPE_NAMES, LoadOptions
+from ichigo_stream.cli_common import add_device_arguments
+from ichigo_stream.config import environment_value
+from ichigo_stream.errors import IchigoStreamError
+from ichigo_stream.options import DEFAULT_MODEL, LoadOptions
 from ichigo_stream.session import SessionLimits
 
 
@@ -22,16 +29,12 @@ class ServerConfig:
     threads: int | None = None  # torch intra-op threads for the model; None: torch's default
     max_wait_ms: float = 2.0
     max_sessions: int = 256
-    token: str | None = None
+    token: str | None = None  # the secret clients must present (serve --auth-token)
     allow_origins: tuple[str, ...] = ()  # empty: any Origin (or none) is accepted
     certfile: str | None = None
     keyfile: str | None = None
     limits: SessionLimits = field(default_factory=SessionLimits)
     drain_timeout_s: float = 30.0
-
-
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(f"ICHIGO_{name.upper()}", default)
 
 
 def _number(
@@ -60,87 +63,90 @@ def _number(
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `serve` options; each also reads ICHIGO_<NAME> from the environment (CLI wins).
-
-    Defaults stay strings: argparse converts and checks them only when `serve` runs, so a
-    bad ICHIGO_* value is a usage error of `serve`, not a crash of every subcommand.
-    """
+    """The `serve` options; each may also come from ICHIGO_<OPTION> (ichigo_stream.config)."""
     add = parser.add_argument
     count = _number(int, 1)
     positive = _number(float, 0, open_low=True)
-    add("--host", default=_env("host", "127.0.0.1"))
-    add(
-        "--port", type=_number(int, 0, 65535), default=_env("port", "8765"), help="0: any free port"
-    )
-    add("--model", default=_env("model", DEFAULT_MODEL), help="quantizer: HF REPO:FILE or a path")
-    add("--whisper", default=_env("whisper"), help="Whisper name or .pt (default: from the model)")
-    add("--device", default=_env("device", "cpu"), help="cpu or cuda[:N]")
-    add("--dtype", default=_env("dtype", "float32"), choices=DTYPE_NAMES)
-    add(
-        "--text",
-        action="store_true",
-        default=_env("text", "") == "1",
-        help="load Whisper's decoder for text",
-    )
+    add("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    add("--port", type=_number(int, 0, 65535), default=8765, help="default 8765; 0: any free port")
+    add("--model", default=DEFAULT_MODEL, help="quantizer: HF REPO:FILE or a path")
+    add("--whisper", help="Whisper name or .pt (default: from the model)")
+    add_device_arguments(parser)
+    add("--text", action="store_true", help="load Whisper's decoder for text")
     add(
         "--max-batch",
         type=count,
-        default=_env("max_batch"),
         help="clips per encoder batch (default 1 on CPU, where batching costs more per clip, "
         "32 on CUDA)",
     )
     add(
         "--threads",
         type=count,
-        default=_env("threads"),
         help="CPU threads for the model (default: torch's; leave a core to the event loop)",
     )
     add(
         "--max-wait-ms",
         type=_number(float, 0),
-        default=_env("max_wait_ms", "2"),
-        help="how long a batch waits for more clips to join it",
+        default=2.0,
+        help="how long a batch waits for more clips to join it (default 2)",
     )
-    add("--max-sessions", type=count, default=_env("max_sessions", "256"))
-    add("--token", default=_env("token"), help="require this bearer token (header or ?token=)")
+    add("--max-sessions", type=count, default=256, help="default 256")
+    # Not --token: ICHIGO_TOKEN is the clients' credential (send/mic --token), and a server
+    # must not pick up a client's setting as its secret. --token stays as an alias.
+    add(
+        "--auth-token",
+        "--token",
+        metavar="SECRET",
+        help="require this bearer token (header or ?token=); env ICHIGO_AUTH_TOKEN",
+    )
     add(
         "--allow-origin",
         nargs="+",
-        default=(_env("allow_origin") or "").split(),
+        default=(),
         metavar="ORIGIN",
         help="accept browser connections only from these origins (clients sending no Origin "
         "header, i.e. non-browser clients, are not affected)",
     )
-    add("--certfile", default=_env("certfile"), help="TLS certificate (serve wss://)")
-    add("--keyfile", default=_env("keyfile"), help="TLS private key")
+    add("--certfile", help="TLS certificate (serve wss://)")
+    add("--keyfile", help="TLS private key")
     add(
         "--max-realtime",
         type=positive,
-        default=_env("max_realtime", "10"),
-        help="refuse audio arriving faster than this many times real time",
+        default=10.0,
+        help="refuse audio arriving faster than this many times real time (default 10)",
     )
     add(
         "--realtime-burst-s",
         type=positive,
-        default=_env("realtime_burst_s", "30"),
-        help="audio a session may send at any speed before --max-realtime applies",
+        default=30.0,
+        help="audio a session may send at any speed before --max-realtime applies (default 30)",
     )
     add(
         "--max-pending-segments",
         type=count,
-        default=_env("max_pending_segments", "32"),
-        help="segments of one session waiting for the model before it is refused (1013)",
+        default=32,
+        help="segments of one session waiting for the model before it is refused (1013) "
+        "(default 32)",
     )
-    add("--max-message-kb", type=count, default=_env("max_message_kb", "1024"))
-    add("--max-session-s", type=positive, default=_env("max_session_s", "14400"))
-    add("--idle-timeout-s", type=positive, default=_env("idle_timeout_s", "60"))
+    add("--max-message-kb", type=count, default=1024, help="default 1024")
+    add("--max-session-s", type=positive, default=14400.0, help="default 14400")
+    add("--idle-timeout-s", type=positive, default=60.0, help="default 60")
     drain = _number(float, 0, 86_400)  # finite: the worker thread is joined with what is left
-    add("--drain-timeout-s", type=drain, default=_env("drain_timeout_s", "30"))
+    add("--drain-timeout-s", type=drain, default=30.0, help="default 30")
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """The parsed `serve` command line (environment already applied) as a ServerConfig."""
     if bool(args.certfile) != bool(args.keyfile):
         raise SystemExit("ichigo-stream serve: error: --certfile and --keyfile go together")
+    if args.auth_token is None and environment_value("--token") is not None:
+        # ICHIGO_TOKEN used to set the server's secret too: starting without one because it
+        # was renamed would open a server its operator meant to protect.
+        raise IchigoStreamError(
+            "ICHIGO_TOKEN is the clients' credential and no longer sets the server's secret: "
+            "set ICHIGO_AUTH_TOKEN (or --auth-token SECRET), or pass --auth-token '' to serve "
+            "without one"
+        )
     return ServerConfig(
         host=args.host,
         port=args.port,
@@ -152,7 +158,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         threads=args.threads,
         max_wait_ms=args.max_wait_ms,
         max_sessions=args.max_sessions,
-        token=args.token or None,
+        token=args.auth_token or None,
         allow_origins=tuple(args.allow_origin),
         certfile=args.certfile,
         keyfile=args.keyfile,

@@ -23,8 +23,9 @@ from ichigo_stream import cli, cli_offline
 from ichigo_stream.audio import load_audio
 from ichigo_stream.constants import SAMPLE_RATE
 from ichigo_stream.errors import AudioError
-from ichigo_stream.loading import DTYPES, LoadOptions, load_tokenizer
+from ichigo_stream.loading import DTYPES, load_tokenizer
 from ichigo_stream.model import IchigoTokenizer
+from ichigo_stream.options import LoadOptions
 from ichigo_stream.segmentation import split
 from ichigo_stream.tokens import parse_ichigo
 
@@ -316,10 +317,13 @@ def test_missing_model_is_one_clear_line(audio_dir: Path, tiny_model_files: Mode
 
 
 def test_bad_environment_and_flags(audio_dir: Path, model_args: list[str]) -> None:
+    # A bad variable is a usage error of the command, naming the variable (nothing loads).
     proc = run_cli("tokenize", audio_dir / GOOD[0], *model_args, env={"ICHIGO_DEVICE": "gpu"})
-    assert proc.returncode == 2 and _lines(proc.stderr) == [
-        f"{ERROR_PREFIX}ICHIGO_DEVICE='gpu': expected cpu, cuda or cuda:N"
-    ]
+    problem = "ichigo-stream tokenize: error: argument --device: expected cpu, cuda or cuda:N"
+    from_env = f"{problem}, got 'gpu' (from the environment variable ICHIGO_DEVICE)"
+    assert proc.returncode == 2 and proc.stdout == "" and _lines(proc.stderr)[-1] == from_env
+    proc = run_cli("tokenize", audio_dir / GOOD[0], *model_args, "--device", "gpu")
+    assert proc.returncode == 2 and _lines(proc.stderr)[-1] == f"{problem}, got 'gpu'"
     proc = run_cli("tokenize", audio_dir / GOOD[0], *model_args, "--batch-size", "0")
     assert proc.returncode == 2 and "--batch-size" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli(

@@ -50,7 +50,8 @@ from ichigo_stream.constants import SAMPLE_RATE
 from ichigo_stream.errors import AudioError
 from ichigo_stream.loading import load_tokenizer
 from ichigo_stream.model import IchigoTokenizer
-from ichigo_stream.model_info import LoadOptions, ModelInfo
+from ichigo_stream.model_info import ModelInfo
+from ichigo_stream.options import LoadOptions
 from ichigo_stream.segmentation import SegmentClosed, VadSegmenter
 from ichigo_stream.tokens import to_ichigo
 from ichigo_stream_server.app import StreamServer, running_server

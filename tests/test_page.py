@@ -31,7 +31,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from ichigo_stream.assets import sample_path
 from ichigo_stream.loading import load_tokenizer
-from ichigo_stream.model_info import LoadOptions
+from ichigo_stream.options import LoadOptions
 from ichigo_stream.tokens import format_tokens
 from ichigo_stream_server.app import STATIC, running_server
 from ichigo_stream_server.config import ServerConfig

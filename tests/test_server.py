@@ -49,7 +49,8 @@ from ichigo_stream.constants import SAMPLE_RATE, n_tokens
 from ichigo_stream.errors import IchigoStreamError
 from ichigo_stream.loading import load_tokenizer
 from ichigo_stream.model import IchigoTokenizer, TextOptions
-from ichigo_stream.model_info import LoadOptions, ModelInfo
+from ichigo_stream.model_info import ModelInfo
+from ichigo_stream.options import LoadOptions
 from ichigo_stream.segmentation import SegmentClosed, VadSegmenter, segment_vad
 from ichigo_stream.session import Action, Job, JobResult, ServerSession, SessionLimits
 from ichigo_stream.tokens import to_ichigo_rle

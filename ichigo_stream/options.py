@@ -1,0 +1,56 @@
+"""What model to load and how (LoadOptions), and the rules its fields follow.
+
+Torch-free, so command-line parsing, the server's config and clients can use it. The command
+line validates --device and --dtype with these same rules (cli_common's argparse types), so a
+bad value reads the same whether it came from a flag, an ICHIGO_* variable or library code.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import ModelLoadError
+
+DEFAULT_MODEL = "homebrewltd/ichigo-whisper:merge-medium-vi-2d-2560c-dim64.pth"
+DTYPE_NAMES = ("float32", "float16", "bfloat16")  # encoder precisions (loading.DTYPES maps them)
+DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
+DEVICE_RULE = "cpu, cuda or cuda:N"
+
+
+def device_problem(device: object) -> str | None:
+    """What a device name must be, or None if `device` is one we run on."""
+    if isinstance(device, str) and DEVICE_PATTERN.fullmatch(device):
+        return None
+    return f"expected {DEVICE_RULE}"
+
+
+def dtype_problem(dtype: object) -> str | None:
+    """What an encoder precision must be, or None if `dtype` is one we know."""
+    if isinstance(dtype, str) and dtype in DTYPE_NAMES:
+        return None
+    return f"expected one of {', '.join(DTYPE_NAMES)}"
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """Which checkpoints to load, onto which device, at which encoder precision.
+
+    Plain values only: LoadOptions never reads the environment. The ICHIGO_* variables are
+    read by the command line (ichigo_stream.config) and nowhere else, so a library user gets
+    exactly the options written here. A device or dtype we cannot run raises ModelLoadError
+    at construction, before anything is loaded; the message names the field by its flag.
+    """
+
+    model: str = DEFAULT_MODEL  # a local path or a Hugging Face REPO:FILE
+    whisper: str | None = None  # None: the Whisper the checkpoint was trained on
+    device: str = "cpu"  # cpu, cuda or cuda:N
+    dtype: str = "float32"  # one of DTYPE_NAMES
+
+    def __post_init__(self) -> None:
+        for name, value, problem in (
+            ("device", self.device, device_problem(self.device)),
+            ("dtype", self.dtype, dtype_problem(self.dtype)),
+        ):
+            if problem is not None:
+                raise ModelLoadError(f"--{name} {value!r}: {problem} (LoadOptions.{name})")
