@@ -49,23 +49,34 @@ from ichigo_stream.cli_common import (
 from ichigo_stream.client import (
     DEFAULT_URL,
     ClientOptions,
+    Connected,
+    Connecting,
     Done,
     ErrorEvent,
-    Event,
+    GaveUp,
     Partial,
-    Ready,
+    Reconnecting,
     ReconnectPolicy,
     Segment,
     SpeechStart,
     StartOptions,
     StreamClient,
-    event_to_dict,
+    StreamEvent,
+    event_record,
 )
 from ichigo_stream.constants import SAMPLE_RATE
 from ichigo_stream.errors import IchigoStreamError
 
 from .common import add_connection_arguments, server_url
-from .terminal_view import LiveView, MicStatus, PlainView, View, printable, segment_line
+from .terminal_view import (
+    LiveView,
+    MicStatus,
+    PlainView,
+    View,
+    printable,
+    reconnecting_line,
+    segment_line,
+)
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -589,18 +600,6 @@ async def _close_in_thread(stream: Any, timeout: float) -> bool:
 # -- the app --------------------------------------------------------------------------------------
 
 
-class _ViewLog(logging.Handler):
-    """The client library's warnings (lost connection, retrying) as view notes."""
-
-    def __init__(self, app: MicApp) -> None:
-        super().__init__(logging.WARNING)
-        self._app = app
-
-    def emit(self, record: logging.LogRecord) -> None:
-        with contextlib.suppress(Exception):
-            self._app.on_log(record.getMessage())
-
-
 class MicApp:
     def __init__(self, options: MicOptions, view: View) -> None:
         self.options = options
@@ -613,6 +612,8 @@ class MicApp:
         self._timed_out = False
         self._timeout_reported = False
         self._done: Done | None = None
+        self._reconnects = 0
+        self._outage = False  # between a lost connection and the next one
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -658,17 +659,6 @@ class MicApp:
             f"no final result within {self.options.stop_timeout_s:g} s of stopping; "
             "the last segment may be lost"
         )
-
-    def on_log(self, message: str) -> None:
-        if message.startswith("reconnected"):
-            return  # the Ready event that follows says it (and where it resumes)
-        retry = "retrying" in message
-        # One note per outage: every retry's line would flood the scrollback.
-        if not retry or self.status.connection != "reconnecting":
-            self.view.note(message)
-        if retry or "connection lost" in message or "draining" in message:
-            self.status.connection = "reconnecting"
-        self._refresh()
 
     # -- running -----------------------------------------------------------------------------
 
@@ -725,16 +715,14 @@ class MicApp:
         self.view.note(self._summary())
         return EXIT_OK
 
-    def _on_event(self, event: Event, capture: MicCapture) -> None:
+    def _on_event(self, event: StreamEvent, capture: MicCapture) -> None:
         now = time.monotonic()
         if self._save is not None:
-            self._save.write(json.dumps(event_to_dict(event), ensure_ascii=False) + "\n")
+            self._save.write(json.dumps(event_record(event), ensure_ascii=False) + "\n")
             self._save.flush()  # a reader (or a crash) sees every event as it happened
         status = self.status
-        if isinstance(event, Ready):
-            status.connection = "connected"
-            if event.connection:
-                self.view.note(f"reconnected: resuming at {event.offset:.2f} s")
+        if isinstance(event, Connecting | Reconnecting | Connected | GaveUp):
+            self._on_connection_event(event)
         elif isinstance(event, SpeechStart):
             status.speaking = True
             status.segment = event.segment
@@ -761,6 +749,27 @@ class MicApp:
             self._done = event
         self._refresh()
 
+    def _on_connection_event(self, event: Connecting | Reconnecting | Connected | GaveUp) -> None:
+        status = self.status
+        if isinstance(event, Connecting):
+            status.connection = "reconnecting" if self._outage else "connecting"
+            if event.attempt > 1:
+                status.connection += f" (attempt {event.attempt})"
+        elif isinstance(event, Reconnecting):
+            # One note per outage: every retry's line would flood the scrollback.
+            if not self._outage:
+                self.view.note(reconnecting_line(event))
+            self._outage = True
+            status.connection = "reconnecting"
+        elif isinstance(event, Connected):
+            status.connection = "connected"
+            self._outage = False
+            if event.resumed:
+                self._reconnects = event.connection
+                self.view.note(f"reconnected: resuming at {event.offset:.2f} s")
+        else:  # GaveUp: ConnectionLost follows, and the CLI prints it as its error line
+            status.connection = "disconnected"
+
     async def _tick(self) -> None:
         while True:
             self._refresh()
@@ -783,7 +792,7 @@ class MicApp:
         if done is not None:
             text += (
                 f": {done.segments} segment(s), {done.audio_seconds:.2f} s of audio, "
-                f"{done.reconnects} reconnect(s)"
+                f"{self._reconnects} reconnect(s)"
             )
         if capture is not None and (capture.overflows or capture.dropped):
             text += (
@@ -825,10 +834,6 @@ def _run_mic(args: argparse.Namespace) -> int:
         raise
     view = _make_view(options)
     app = MicApp(options, view)
-    handler = _ViewLog(app)
-    client_log = logging.getLogger("ichigo_stream.client")
-    client_log.addHandler(handler)
-    client_log.propagate = False  # one place: the view (stderr would tear the status area)
     try:
         status = asyncio.run(app.run(sd, device))
         if app.capture is not None and app.capture.close_hung:
@@ -843,8 +848,6 @@ def _run_mic(args: argparse.Namespace) -> int:
         return _device_failure(str(e), sd)
     finally:  # before the CLI prints a ClientError as its one error line (exit 2)
         view.close()
-        client_log.removeHandler(handler)
-        client_log.propagate = True
 
 
 MIC_COMMAND = Command(

@@ -24,18 +24,20 @@ from ichigo_stream.cli_common import EXIT_OK, PROG, Command, open_output
 from ichigo_stream.client import (
     DEFAULT_URL,
     ClientOptions,
+    Connected,
     Done,
     ErrorEvent,
-    Ready,
+    Reconnecting,
     ReconnectPolicy,
     Segment,
     StartOptions,
-    event_to_dict,
+    event_record,
     stream,
 )
 from ichigo_stream.constants import SAMPLE_RATE
 
 from .common import add_connection_arguments, server_url, speed_arg
+from .terminal_view import printable, reconnecting_line
 
 CHUNK_S = 0.1  # paced chunks: what a live source would send
 FAST_CHUNK_S = 0.5  # unpaced: fewer, larger messages
@@ -43,9 +45,10 @@ FAST_CHUNK_S = 0.5  # unpaced: fewer, larger messages
 SEND_EPILOG = f"""\
 stdout: one line per segment as it arrives, "[START - END] #INDEX  N tokens  TEXT"
 (seconds on the stream's timeline; TEXT with --text), then the --llm-format rendering.
--o OUT.jsonl: every event as one JSON object a line, as the server names them (ready,
-speech_start, partial, segment, error, done); segment indices and done's totals are the
-client's, continuous across reconnects.
+-o OUT.jsonl: every event as one JSON object a line: the server's messages as it names them
+(speech_start, partial, segment, error, done) and the client's connection events
+(connecting, connected with the server's ready inside, reconnecting, gave_up); segment
+indices and done's totals are the client's, continuous across reconnects.
 --speed 0 (or inf) sends as fast as the server accepts (the client keeps under the server's
 default real-time limit). A lost connection is retried with backoff and resumed from the end
 of the last segment received; --no-reconnect fails instead.
@@ -146,40 +149,56 @@ async def paced(audio: np.ndarray, speed: float) -> AsyncIterator[np.ndarray]:
 
 
 async def send_file(options: SendOptions, out: TextIO | None) -> Done | None:
+    """Stream the file, print what arrives; the stream's done (None if it never came)."""
+    done, _ = await stream_file(options, out)
+    return done
+
+
+async def stream_file(options: SendOptions, out: TextIO | None) -> tuple[Done | None, int]:
+    """send_file, and how many times the connection was resumed."""
     from ichigo_stream.audio import load_audio
 
     audio = load_audio(options.file)
     done: Done | None = None
+    reconnects = 0
     async for event in stream(paced(audio, options.speed), options.client_options()):
         if out is not None:
-            out.write(json.dumps(event_to_dict(event), ensure_ascii=False) + "\n")
+            out.write(json.dumps(event_record(event), ensure_ascii=False) + "\n")
             out.flush()
         if isinstance(event, Segment):
             print(segment_line(event), flush=True)
         elif isinstance(event, ErrorEvent):
             where = f" (segment {event.segment})" if event.segment is not None else ""
-            print(f"{PROG}: server error {event.code}{where}: {event.message}", file=sys.stderr)
-        elif isinstance(event, Ready) and event.connection:
-            print(f"{PROG}: reconnected, resuming at {event.offset:.3f} s", file=sys.stderr)
+            note(f"server error {event.code}{where}: {event.message}")
+        elif isinstance(event, Reconnecting):
+            note(reconnecting_line(event))
+        elif isinstance(event, Connected) and event.resumed:
+            reconnects = event.connection
+            note(f"reconnected, resuming at {event.offset:.3f} s")
         elif isinstance(event, Done):
             done = event
-    return done
+        # GaveUp: ConnectionLost follows, and the CLI prints it as its error line.
+    return done, reconnects
+
+
+def note(text: str) -> None:
+    """A line on stderr; server text in it cannot reach the terminal as control codes."""
+    print(f"{PROG}: {printable(text)}", file=sys.stderr, flush=True)
 
 
 def _run_send(args: argparse.Namespace) -> int:
     options = send_options(args)
-    # Reconnect warnings from the client library, one line each, like the CLI's own.
+    # The client library's warnings (e.g. a trailing partial frame), like the CLI's own lines.
     logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(message)s")
     if options.output is None:
-        done = asyncio.run(send_file(options, None))
+        done, reconnects = asyncio.run(stream_file(options, None))
     else:
         with open_output(options.output) as out:
-            done = asyncio.run(send_file(options, out))
+            done, reconnects = asyncio.run(stream_file(options, out))
     if done is not None:
-        print(
-            f"{PROG}: done: {done.segments} segment(s), {done.audio_seconds:.2f} s of audio, "
-            f"{done.reconnects} reconnect(s)",
-            file=sys.stderr,
+        note(
+            f"done: {done.segments} segment(s), {done.audio_seconds:.2f} s of audio, "
+            f"{reconnects} reconnect(s)"
         )
     return EXIT_OK
 

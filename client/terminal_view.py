@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol, TextIO
 
 from ichigo_stream.cli_common import PROG
-from ichigo_stream.client import Segment
+from ichigo_stream.client import Reconnecting, Segment
 
 __all__ = [
     "LiveView",
@@ -28,6 +28,7 @@ __all__ = [
     "View",
     "level_meter",
     "printable",
+    "reconnecting_line",
     "segment_line",
     "status_lines",
 ]
@@ -46,7 +47,7 @@ class MicStatus:
     """What the status area shows; mutable: the app updates it as audio and events arrive."""
 
     url: str = ""
-    connection: str = "connecting"
+    connection: str = "connecting"  # from the client's connection events, as shown
     speaking: bool = False
     segment: int | None = None  # the open segment's index while speaking
     speech_start: float | None = None  # its start on the stream's timeline (s)
@@ -103,6 +104,15 @@ def segment_line(segment: Segment, latency_ms: float | None = None, *, llm: bool
     if llm and segment.llm:
         text += f"\n    {printable(segment.llm)}"
     return text
+
+
+def reconnecting_line(event: Reconnecting) -> str:
+    """A Reconnecting event as a note (its reason may quote the server: made printable)."""
+    if event.delay_s == 0:
+        text = f"{event.reason}; reconnecting"
+    else:
+        text = f"{event.reason}; retrying in {event.delay_s:.2f} s (attempt {event.attempt})"
+    return printable(text)
 
 
 def level_meter(level_db: float, width: int = METER_WIDTH) -> str:

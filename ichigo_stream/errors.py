@@ -27,8 +27,9 @@ class ClientError(IchigoStreamError):
     """The stream cannot go on: see the subclasses."""
 
 
-class ServerError(ClientError):
-    """The server ended the stream with an error that retrying would not fix."""
+class RemoteError(ClientError):
+    """An error the server reported (its `error` message's code and text) that ended the
+    stream because retrying would not fix it: the request itself was refused."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"server error {code}: {message}")
@@ -36,7 +37,7 @@ class ServerError(ClientError):
         self.message = message
 
 
-class AuthenticationError(ServerError):
+class AuthenticationError(RemoteError):
     """The server refused the token (HTTP 401/403) or the Origin."""
 
 

@@ -35,15 +35,18 @@ from ichigo_stream.client import (
     AuthenticationError,
     ClientError,
     ClientOptions,
+    Connected,
+    Connecting,
     ConnectionLost,
     Done,
-    Event,
+    GaveUp,
     Partial,
-    Ready,
+    Reconnecting,
     ReconnectPolicy,
     Segment,
     SpeechStart,
     StartOptions,
+    StreamEvent,
     stream,
 )
 from ichigo_stream.constants import SAMPLE_RATE
@@ -126,11 +129,21 @@ async def chunks(
             yield FLUSH
 
 
-async def collect(audio: AsyncIterator[object], options: ClientOptions) -> list[Event]:
-    return [event async for event in stream(audio, options)]
+async def collect(
+    audio: AsyncIterator[object], options: ClientOptions, into: list[StreamEvent] | None = None
+) -> list[StreamEvent]:
+    """Everything the stream yields (also into `into`, as it comes: kept when it raises)."""
+    events = [] if into is None else into
+    async for event in stream(audio, options):
+        events.append(event)
+    return events
 
 
-def segments(events: Sequence[Event]) -> list[Seg]:
+def connections(events: Sequence[StreamEvent]) -> list[Connected]:
+    return [e for e in events if isinstance(e, Connected)]
+
+
+def segments(events: Sequence[StreamEvent]) -> list[Seg]:
     return [(e.start, e.end, e.tokens) for e in events if isinstance(e, Segment)]
 
 
@@ -151,16 +164,19 @@ def expected_segments(
     ]
 
 
-def assert_protocol_order(events: Sequence[Event]) -> None:
-    """ready first, done last; per segment index: speech_start, then partials, then segment;
-    segments in index order 0, 1, 2, ..."""
+def assert_protocol_order(events: Sequence[StreamEvent]) -> None:
+    """connecting and connected (the server's ready) first, done last, one connection; per
+    segment index: speech_start, then partials, then segment; segments in index order 0, 1, 2"""
     summary = [type(e).__name__ + str(getattr(e, "segment", "")) for e in events]
-    assert isinstance(events[0], Ready), summary
+    assert isinstance(events[0], Connecting) and events[0].attempt == 1, summary
+    assert isinstance(events[1], Connected) and events[1].connection == 0, summary
+    assert events[1].ready.protocol == 1 and events[1].offset == 0.0, summary
     assert isinstance(events[-1], Done), summary
-    assert sum(isinstance(e, Ready | Done) for e in events) == 2, summary
+    kinds = Connecting | Connected | Reconnecting | GaveUp | Done
+    assert sum(isinstance(e, kinds) for e in events) == 3, summary
     started: dict[int, float] = {}
     finished: set[int] = set()
-    for event in events[1:-1]:
+    for event in events[2:-1]:
         if isinstance(event, SpeechStart):
             assert event.segment not in started, summary
             assert event.segment == len(started), summary
@@ -194,7 +210,7 @@ def test_events_arrive_in_protocol_order_with_the_offline_segments(
     expected = expected_segments(model[0], sample)
     start = StartOptions(partials=True, partial_interval_ms=200, llm_format="ichigo")
 
-    async def main() -> list[Event]:
+    async def main() -> list[StreamEvent]:
         async with serve(model) as server:
             options = ClientOptions(url(server.port), start=start)
             return await collect(chunks(sample, 1600, realtime=4.0), options)
@@ -205,7 +221,8 @@ def test_events_arrive_in_protocol_order_with_the_offline_segments(
     assert segments(events) == expected
     assert any(isinstance(e, Partial) for e in events), "paced speech should get partials"
     done = events[-1]
-    assert done == Done(segments=3, audio_seconds=len(sample) / SAMPLE_RATE, reconnects=0)
+    assert done == Done(segments=3, audio_seconds=len(sample) / SAMPLE_RATE)
+    assert [c.connection for c in connections(events)] == [0]  # no reconnect
     for segment in (e for e in events if isinstance(e, Segment)):
         assert segment.llm == segment.to_ichigo() == to_ichigo(segment.tokens)
 
@@ -226,7 +243,7 @@ def test_float_int16_and_bytes_input_give_the_same_segments(
         "f32le-stereo": (f32_stereo, 7000, StartOptions(encoding="pcm_f32le", channels=2)),
     }
 
-    async def main() -> dict[str, list[Event]]:
+    async def main() -> dict[str, list[StreamEvent]]:
         async with serve(model) as server:
             runs = [
                 collect(chunks(audio, size), ClientOptions(url(server.port), start=start))
@@ -247,7 +264,7 @@ def test_flush_marker_ends_the_segment_where_it_is_yielded(
     expected = expected_segments(model[0], sample, flush_at=at)
     assert len(expected) == 4 and expected[1][1] == at / SAMPLE_RATE
 
-    async def main() -> list[Event]:
+    async def main() -> list[StreamEvent]:
         async with serve(model) as server:
             return await collect(chunks(sample, 1600, flush_at=at), ClientOptions(url(server.port)))
 
@@ -260,7 +277,7 @@ def test_flush_marker_ends_the_segment_where_it_is_yielded(
 def test_a_wrong_token_raises_at_once_without_retrying(model: Model, sample: np.ndarray) -> None:
     patient = ReconnectPolicy(initial_delay_s=1.0, retry_initial=True)  # would retry, slowly
 
-    async def main() -> tuple[list[Exception], float, list[Event]]:
+    async def main() -> tuple[list[Exception], float, list[StreamEvent]]:
         async with serve(model, token="s3cret") as server:
             errors: list[Exception] = []
             began = time.monotonic()
@@ -276,7 +293,7 @@ def test_a_wrong_token_raises_at_once_without_retrying(model: Model, sample: np.
     errors, took, events = asyncio.run(main())
     assert took < 1.0, "an authentication failure must not be retried"
     assert all("401" in str(e) and e.code == "unauthorized" for e in errors)
-    assert isinstance(events[0], Ready) and events[-1] == Done(0, 0.1)
+    assert isinstance(events[1], Connected) and events[-1] == Done(0, 0.1)
 
 
 @pytest.mark.timeout(60)
@@ -296,7 +313,7 @@ def test_wss_with_a_trusted_unverified_or_untrusted_certificate(
     )
     trusted = ssl.create_default_context(cafile=str(cert))
 
-    async def main() -> list[list[Event]]:
+    async def main() -> list[list[StreamEvent]]:
         async with serve(model, certfile=str(cert), keyfile=str(key)) as server:
             wss = f"wss://localhost:{server.port}/v1/stream"
             with pytest.raises(ClientError, match="certificate verify failed"):
@@ -307,7 +324,7 @@ def test_wss_with_a_trusted_unverified_or_untrusted_certificate(
             ]
 
     for events in asyncio.run(main()):
-        assert isinstance(events[0], Ready) and events[-1] == Done(1, 1.0)
+        assert isinstance(events[1], Connected) and events[-1] == Done(1, 1.0)
 
 
 @pytest.mark.timeout(60)
@@ -345,37 +362,29 @@ def test_no_server_fails_at_once_unless_asked_to_retry() -> None:
     port = free_port()
     slow = ReconnectPolicy(initial_delay_s=0.01, max_attempts=3, retry_initial=True)
 
-    async def main() -> tuple[float, float]:
+    async def main() -> tuple[float, float, list[StreamEvent]]:
         began = time.monotonic()
-        with pytest.raises(ConnectionLost, match="cannot connect"):
-            await collect(chunks(b"\0\0", 2), ClientOptions(url(port)))
+        failed: list[StreamEvent] = []
+        with pytest.raises(ConnectionLost, match="cannot connect") as lost:
+            await collect(chunks(b"\0\0", 2), ClientOptions(url(port)), failed)
+        assert failed == [Connecting(url(port), 1), GaveUp(str(lost.value))]
         once = time.monotonic() - began
+        retried: list[StreamEvent] = []
         with pytest.raises(ConnectionLost, match="after 3 failed attempt"):
-            await collect(chunks(b"\0\0", 2), ClientOptions(url(port), reconnect=slow))
-        return once, time.monotonic() - began - once
+            await collect(chunks(b"\0\0", 2), ClientOptions(url(port), reconnect=slow), retried)
+        return once, time.monotonic() - began - once, retried
 
-    once, retried = asyncio.run(main())
-    assert once < 2.0 and retried < 5.0
-
-
-def test_resend_buffer_resumes_on_the_vad_frame_grid_and_stays_bounded() -> None:
-    from ichigo_stream.client import _Backlog
-
-    backlog = _Backlog(StartOptions())
-    backlog.append(bytes(2 * SAMPLE_RATE * 40))  # 40 s of pcm_s16le, all sent
-    backlog.acknowledge(3.41)  # a segment ended at sample 54560: the grid point before is 54240
-    assert backlog.resume_offset == 3.39
-    backlog.bound(backlog.end, limit_s=35.0)
-    kept = (backlog.end - backlog.start) / 2 / SAMPLE_RATE
-    assert 35.0 - 0.03 < kept <= 35.0 and backlog.start // 2 % 480 == 0
-    backlog.acknowledge(1.0)  # never backwards
-    assert backlog.resume_offset == pytest.approx(40.0 - kept)
-    # 44.1 kHz stereo from offset 100 s: the grid is anchored at the offset, positions are
-    # whole client frames.
-    stereo = _Backlog(StartOptions(sample_rate=44_100, channels=2, offset=100.0))
-    stereo.append(bytes(4 * 44_100 * 10))
-    stereo.acknowledge(103.41)
-    assert stereo.resume_offset == 103.39 and stereo.start % 4 == 0
+    once, took, retried = asyncio.run(main())
+    assert once < 2.0 and took < 5.0
+    # Each attempt is announced, each retry with its delay, and the give-up before the raise.
+    assert [type(e) for e in retried] == [
+        *(Connecting, Reconnecting) * 3,
+        *(Connecting, GaveUp),
+    ]
+    assert [e.attempt for e in retried if isinstance(e, Connecting | Reconnecting)] == [
+        *(1, 2, 2, 3, 3, 4, 4)
+    ]
+    assert all(0 < e.delay_s <= 0.04 for e in retried if isinstance(e, Reconnecting))
 
 
 # -- a server killed and restarted mid-stream -----------------------------------------------------
@@ -428,8 +437,8 @@ def test_server_killed_and_restarted_mid_stream_loses_no_segment(
     options = ClientOptions(url(port), reconnect=FAST_RETRY)
     server = ServeProcess(tiny_model_files, port, tmp_path / "serve.log")
 
-    async def interrupted() -> tuple[list[Event], float]:
-        events: list[Event] = []
+    async def interrupted() -> tuple[list[StreamEvent], float]:
+        events: list[StreamEvent] = []
         restart: asyncio.Task[None] | None = None
         killed_at = 0.0
 
@@ -447,7 +456,7 @@ def test_server_killed_and_restarted_mid_stream_loses_no_segment(
         await restart
         return events, killed_at
 
-    async def main() -> tuple[list[Event], list[Event], float]:
+    async def main() -> tuple[list[StreamEvent], list[StreamEvent], float]:
         await server.start()
         try:
             uninterrupted = await collect(chunks(sentences, 1600), options)
@@ -462,16 +471,24 @@ def test_server_killed_and_restarted_mid_stream_loses_no_segment(
     assert segments(events) == expected
     # One reconnect, resumed on the VAD's 30 ms frame grid at or just before the end of the
     # last segment received (segment 1, or 2 if it was already on its way when the server died).
-    readies = [e for e in events if isinstance(e, Ready)]
-    assert [r.connection for r in readies] == [0, 1]
-    resumed = readies[1].offset
+    connected = connections(events)
+    assert [c.connection for c in connected] == [0, 1]
+    resumed = connected[1].offset
     ends = [end for _, end, _ in expected[1:3]]
     assert any(0 <= end - resumed < 0.03 for end in ends), (resumed, ends)
     assert round(resumed * SAMPLE_RATE) % 480 == 0
     assert killed_at == expected[1][1]
     # One index sequence and one set of totals across both connections.
     assert [e.segment for e in events if isinstance(e, Segment)] == list(range(len(expected)))
-    assert events[-1] == Done(len(expected), len(sentences) / SAMPLE_RATE, reconnects=1)
+    assert events[-1] == Done(len(expected), len(sentences) / SAMPLE_RATE)
+    # The outage as events: lost after progress (reconnect at once), then retries numbered
+    # 2, 3, ... with backoff while the server was down, each announced before its attempt.
+    retries = [e for e in events if isinstance(e, Reconnecting)]
+    assert retries[0].delay_s == 0.0 and retries[0].attempt == 1
+    assert [r.attempt for r in retries] == list(range(1, len(retries) + 1))
+    assert all(r.delay_s > 0 for r in retries[1:])
+    attempts = [e.attempt for e in events if isinstance(e, Connecting)]
+    assert attempts == [1, *range(1, len(retries) + 1)]
 
 
 async def gated(audio: np.ndarray, until: int, gate: asyncio.Event) -> AsyncIterator[object]:
@@ -494,7 +511,7 @@ def test_a_draining_server_is_resumed_on_its_successor(
     options = ClientOptions(url(port), reconnect=FAST_RETRY)
     server = ServeProcess(tiny_model_files, port, tmp_path / "serve.log")
 
-    async def main() -> tuple[list[Event], list[Event], int]:
+    async def main() -> tuple[list[StreamEvent], list[StreamEvent], int]:
         await server.start()
         try:
             uninterrupted = await collect(chunks(sentences, 1600), options)
@@ -513,8 +530,10 @@ def test_a_draining_server_is_resumed_on_its_successor(
     uninterrupted, events, exit_code = asyncio.run(main())
     assert exit_code == 0, server.log.read_text()
     assert segments(events) == segments(uninterrupted)
-    assert [e.connection for e in events if isinstance(e, Ready)] == [0, 1]
-    assert events[-1] == Done(len(SENTENCES), len(sentences) / SAMPLE_RATE, reconnects=1)
+    assert [c.connection for c in connections(events)] == [0, 1]
+    # The drain's done counts as progress: the client resumes at once, not after a backoff.
+    assert next(e.delay_s for e in events if isinstance(e, Reconnecting)) == 0.0
+    assert events[-1] == Done(len(SENTENCES), len(sentences) / SAMPLE_RATE)
 
 
 # -- the send command -----------------------------------------------------------------------------
@@ -549,13 +568,12 @@ def test_send_command_prints_every_segment_and_writes_jsonl(
         assert line.startswith(f"[{start:8.3f} - {end:8.3f}]") and f"{len(tokens)} tokens" in line
     assert "done: 3 segment(s)" in stderr
     events = [json.loads(line) for line in out.read_text().splitlines()]
-    assert events[0]["type"] == "ready" and events[-1]["type"] == "done"
+    assert [e["type"] for e in events[:2]] == ["connecting", "connected"]
+    assert events[1]["ready"]["type"] == "ready" and events[-1]["type"] == "done"
+    assert [e["connection"] for e in events if e["type"] == "connected"] == [0]  # no reconnect
     written = [e for e in events if e["type"] == "segment"]
     assert [(e["start"], e["end"], tuple(e["tokens"])) for e in written] == expected
     assert all(e["llm"].startswith("<|sound_start|>") for e in written)
-    assert events[-1] == {
-        "type": "done",
-        "segments": 3,
-        "audio_seconds": 12.692875,
-        "reconnects": 0,
-    }
+    done = events[-1]
+    assert (done["segments"], done["audio_seconds"]) == (3, 12.692875), done
+    assert "0 reconnect(s)" in stderr

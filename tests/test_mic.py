@@ -38,15 +38,19 @@ from models import ModelFiles
 
 from ichigo_stream.assets import sample_path
 from ichigo_stream.audio import load_audio
+from ichigo_stream.client import Connected, Connecting, Done, GaveUp, Ready, Reconnecting
 from ichigo_stream.constants import SAMPLE_RATE
 from ichigo_stream.segmentation import segment_vad
 from ichigo_stream_client.mic import (
     DeviceError,
     InputDevice,
+    MicApp,
     MicCapture,
+    MicOptions,
     describe_devices,
     find_device,
 )
+from ichigo_stream_client.terminal_view import MicStatus
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = sample_path()
@@ -420,7 +424,7 @@ def test_segments_arrive_live_and_ctrl_c_flushes_the_last_one(
     saved = tmp_path / "events.jsonl"
     mic = MicProcess(pulse, tmp_path, server.url, "--device", "pulse", "--save", str(saved))
     mics.append(mic)
-    wait_for(lambda: of_type(read_events(saved), "ready"), 30, "the mic client to connect")
+    wait_for(lambda: of_type(read_events(saved), "connected"), 30, "the mic client to connect")
     pulse.feeder.say(speech.pcm)
 
     def third_sentence_open() -> bool:
@@ -444,7 +448,8 @@ def test_segments_arrive_live_and_ctrl_c_flushes_the_last_one(
     assert last["end"] - last["start"] < full - 1.0, (last, full)  # cut by the stop
     assert len(last["tokens"]) > 0
     done = events[-1]
-    assert done["type"] == "done" and done["segments"] == 3 and done["reconnects"] == 0, done
+    assert done["type"] == "done" and done["segments"] == 3, done
+    assert [c["connection"] for c in of_type(events, "connected")] == [0], events  # no reconnect
     check_onsets(segments, speech)
     assert "stopping: waiting for the last segment" in mic.err.read_text()
     assert len(mic.out.read_text().splitlines()) == 3  # a plain line per segment (not a TTY)
@@ -514,7 +519,7 @@ def test_audio_captured_while_the_server_is_down_is_not_lost(
     saved = tmp_path / "events.jsonl"
     mic = MicProcess(pulse, tmp_path, server.url, "--device", "pulse", "--save", str(saved))
     mics.append(mic)
-    wait_for(lambda: of_type(read_events(saved), "ready"), 30, "the mic client to connect")
+    wait_for(lambda: of_type(read_events(saved), "connected"), 30, "the mic client to connect")
     start = pulse.feeder.say(speech.pcm)
     wait_for(lambda: of_type(read_events(saved), "segment"), 30, "the first segment")
     server.kill()
@@ -539,8 +544,10 @@ def test_audio_captured_while_the_server_is_down_is_not_lost(
     segments = of_type(events, "segment")
     assert [s["segment"] for s in segments] == [0, 1, 2], mic.output()
     check_onsets(segments, speech)  # nothing lost or repeated: the timeline holds
-    assert [r["connection"] for r in of_type(events, "ready")][:2] == [0, 1], events
-    assert events[-1]["type"] == "done" and events[-1]["reconnects"] >= 1, events[-1]
+    connected = of_type(events, "connected")
+    assert [c["connection"] for c in connected][:2] == [0, 1], events
+    assert events[-1]["type"] == "done" and connected[-1]["connection"] >= 1, events[-1]
+    assert of_type(events, "reconnecting"), events
     assert "reconnected: resuming at" in mic.err.read_text()
 
 
@@ -555,7 +562,7 @@ def test_stop_timeout_and_a_second_ctrl_c_never_wait_on_a_hung_server(
     mics += [first, twice]
     for mic in (first, twice):
         wait_for(lambda m=mic: "listening on" in m.err.read_text(), 30, "the mic clients")
-    time.sleep(1.0)  # connected (the ready is not saved here: no --save)
+    time.sleep(1.0)  # connected (the events are not saved here: no --save)
     server.process.send_signal(signal.SIGSTOP)  # no done will ever come, no close frame
     try:
         started = time.monotonic()
@@ -580,7 +587,7 @@ def test_ctrl_c_when_the_device_delivers_nothing_still_finishes(
     saved = tmp_path / "events.jsonl"
     mic = MicProcess(pulse, tmp_path, server.url, "--device", "pulse", "--save", str(saved))
     mics.append(mic)
-    wait_for(lambda: of_type(read_events(saved), "ready"), 30, "the mic client to connect")
+    wait_for(lambda: of_type(read_events(saved), "connected"), 30, "the mic client to connect")
     pulse.feeder.say(speech.pcm[: round(speech.ends[0] * SAMPLE_RATE)])  # one sentence
     wait_for(lambda: of_type(read_events(saved), "segment"), 30, "the first segment")
     pulse.feeder.paused.set()
@@ -657,3 +664,55 @@ def test_capture_bridge_bounds_an_outage_and_keeps_the_timeline() -> None:
     # chunk, so a time up to a chunk (1 s here) before the burst is right.
     at = capture.captured_at(0.5)
     assert at is not None and before - 1.0 <= at <= time.monotonic()
+
+
+class RecordingView:
+    """A View that keeps what it was asked to show."""
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+        self.shown: list[str] = []  # the status's connection at each refresh
+
+    def line(self, text: str) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+    def refresh(self, status: MicStatus) -> None:
+        self.shown.append(status.connection)
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_view_shows_the_connection_from_the_clients_typed_events() -> None:
+    """No log line is read: the status and the notes come from the connection events."""
+    url = "ws://127.0.0.1:9/v1/stream"
+    view = RecordingView()
+    app = MicApp(MicOptions(url=url), view)
+    ready = Ready(1, "session", {}, SAMPLE_RATE)
+    script = [
+        (Connecting(url, 1), "connecting"),
+        (Connected(ready, 0, 0.0), "connected"),
+        (Reconnecting(1, 0.0, "connection lost"), "reconnecting"),
+        (Connecting(url, 1), "reconnecting"),
+        (Reconnecting(2, 0.3, "cannot connect (\x1b[2Jrefused)"), "reconnecting"),
+        (Connecting(url, 2), "reconnecting (attempt 2)"),
+        (Connected(ready, 1, 3.39), "connected"),
+        (Done(2, 5.0), "connected"),
+    ]
+    for event, shown in script:
+        app._on_event(event, None)  # type: ignore[arg-type]  # no capture: no segment here
+        assert view.shown[-1] == shown, (event, view.shown)
+    # One note per outage (the retry's is left to the status line), and where it resumed.
+    assert view.notes == ["connection lost; reconnecting", "reconnected: resuming at 3.39 s"]
+    assert app._summary() == "done: 2 segment(s), 5.00 s of audio, 1 reconnect(s)"
+    app._on_event(Reconnecting(1, 0.0, "the server finished early (draining)"), None)  # type: ignore[arg-type]
+    app._on_event(GaveUp("gave up reconnecting"), None)  # type: ignore[arg-type]
+    assert view.shown[-1] == "disconnected"
+    assert view.notes[-1] == "the server finished early (draining); reconnecting"
+    # Server text in a reason reaches the terminal only as printable characters.
+    app._on_event(Connected(ready, 2, 4.0), None)  # type: ignore[arg-type]
+    app._on_event(Reconnecting(2, 0.5, "cannot connect (\x1b[2Jx)"), None)  # type: ignore[arg-type]
+    assert "\x1b" not in view.notes[-1] and "retrying in 0.50 s (attempt 2)" in view.notes[-1]
