@@ -49,17 +49,16 @@ from ichigo_stream.cli_common import (
 from ichigo_stream.client import (
     DEFAULT_URL,
     ClientOptions,
-    Done,
-    ErrorEvent,
+    ErrorMessage,
     Event,
     Partial,
-    Ready,
     ReconnectPolicy,
     Segment,
     SpeechStart,
     StartOptions,
     StreamClient,
-    event_to_dict,
+    StreamDone,
+    StreamReady,
 )
 from ichigo_stream.constants import SAMPLE_RATE
 from ichigo_stream.errors import IchigoStreamError
@@ -605,7 +604,7 @@ class MicApp:
         self._stopping = False
         self._timed_out = False
         self._timeout_reported = False
-        self._done: Done | None = None
+        self._done: StreamDone | None = None
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -721,10 +720,10 @@ class MicApp:
     def _on_event(self, event: Event, capture: MicCapture) -> None:
         now = time.monotonic()
         if self._save is not None:
-            self._save.write(json.dumps(event_to_dict(event), ensure_ascii=False) + "\n")
+            self._save.write(json.dumps(event.to_dict(), ensure_ascii=False) + "\n")
             self._save.flush()  # a reader (or a crash) sees every event as it happened
         status = self.status
-        if isinstance(event, Ready):
+        if isinstance(event, StreamReady):
             status.connection = "connected"
             if event.connection:
                 self.view.note(f"reconnected: resuming at {event.offset:.2f} s")
@@ -747,10 +746,10 @@ class MicApp:
                 status.segment = None
                 status.partial_tokens, status.partial_span = (), None
             self.view.line(segment_line(event, latency))
-        elif isinstance(event, ErrorEvent):
+        elif isinstance(event, ErrorMessage):
             where = f" (segment {event.segment})" if event.segment is not None else ""
             self.view.note(printable(f"server error {event.code}{where}: {event.message}"))
-        elif isinstance(event, Done):
+        elif isinstance(event, StreamDone):
             self._done = event
         self._refresh()
 

@@ -23,13 +23,12 @@ from ichigo_stream.cli_common import EXIT_OK, PROG, Command, open_output
 from ichigo_stream.client import (
     DEFAULT_URL,
     ClientOptions,
-    Done,
-    ErrorEvent,
-    Ready,
+    ErrorMessage,
     ReconnectPolicy,
     Segment,
     StartOptions,
-    event_to_dict,
+    StreamDone,
+    StreamReady,
     stream,
 )
 from ichigo_stream.constants import SAMPLE_RATE
@@ -103,7 +102,7 @@ async def paced(audio: np.ndarray, speed: float) -> AsyncIterator[np.ndarray]:
         yield audio[at : at + step]
 
 
-async def send_file(args: argparse.Namespace, out: TextIO | None) -> Done | None:
+async def send_file(args: argparse.Namespace, out: TextIO | None) -> StreamDone | None:
     from ichigo_stream.audio import load_audio
 
     audio = load_audio(args.file)
@@ -119,19 +118,19 @@ async def send_file(args: argparse.Namespace, out: TextIO | None) -> Done | None
         ),
         reconnect=None if args.no_reconnect else ReconnectPolicy(),
     )
-    done: Done | None = None
+    done: StreamDone | None = None
     async for event in stream(paced(audio, args.speed), options):
         if out is not None:
-            out.write(json.dumps(event_to_dict(event), ensure_ascii=False) + "\n")
+            out.write(json.dumps(event.to_dict(), ensure_ascii=False) + "\n")
             out.flush()
         if isinstance(event, Segment):
             print(segment_line(event), flush=True)
-        elif isinstance(event, ErrorEvent):
+        elif isinstance(event, ErrorMessage):
             where = f" (segment {event.segment})" if event.segment is not None else ""
             print(f"{PROG}: server error {event.code}{where}: {event.message}", file=sys.stderr)
-        elif isinstance(event, Ready) and event.connection:
+        elif isinstance(event, StreamReady) and event.connection:
             print(f"{PROG}: reconnected, resuming at {event.offset:.3f} s", file=sys.stderr)
-        elif isinstance(event, Done):
+        elif isinstance(event, StreamDone):
             done = event
     return done
 

@@ -7,8 +7,9 @@
 `audio_chunks` is any async iterable of numpy arrays (float in [-1, 1] or int16, at
 `options.start.sample_rate`; shape (frames,) or (frames, channels)), of raw bytes already in
 `options.start.encoding`, or of the FLUSH marker (ends the open segment there, as the
-protocol's flush). Events are frozen dataclasses: Ready, SpeechStart, Partial, Segment,
-ErrorEvent, Done. No torch is imported here.
+protocol's flush). Events are the protocol's frozen message dataclasses (ichigo_stream.messages):
+Ready, SpeechStart, Partial, Segment, ErrorMessage, Done; ready and done come as
+StreamReady and StreamDone. No torch is imported here.
 
 Reconnection. When the connection is lost (not after a clean `done`, not on a fatal error
 such as a bad token or a malformed start), the client reconnects with exponential backoff and
@@ -38,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import random
@@ -68,16 +68,18 @@ from .errors import (
     ConnectionLost,
     ServerError,
 )
-from .events import (
+from .messages import (
     Done,
-    ErrorEvent,
-    Event,
+    ErrorMessage,
+    Flush,
     Partial,
     Ready,
     Segment,
+    ServerMessage,
     SpeechStart,
-    event_to_dict,
-    parse_event,
+    Start,
+    Stop,
+    parse_server_message,
     segments_to_llm,
 )
 from .protocol import ENCODINGS, StartOptions
@@ -90,7 +92,7 @@ __all__ = [
     "ClientOptions",
     "ConnectionLost",
     "Done",
-    "ErrorEvent",
+    "ErrorMessage",
     "Event",
     "Partial",
     "Ready",
@@ -100,11 +102,10 @@ __all__ = [
     "SpeechStart",
     "StartOptions",
     "StreamClient",
+    "StreamDone",
+    "StreamReady",
     "encode_audio",
-    "event_to_dict",
-    "parse_event",
     "segments_to_llm",
-    "start_message",
     "stream",
 ]
 
@@ -117,6 +118,29 @@ FATAL_CODES = frozenset(
 )
 # Handshake refusals worth retrying: the server is there but busy, starting or restarting.
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+# -- TEMPORARY client-only views of ready and done -------------------------------------------------
+# The wire messages (ichigo_stream.messages) carry no client state; until the typed connection
+# events replace them, the client adds where a connection resumed and how many it took.
+
+
+@dataclass(frozen=True)
+class StreamReady(Ready):
+    """A connection's session started. Again after every reconnect, with offset = resume point."""
+
+    offset: float = 0.0  # seconds: where this connection's audio starts on the timeline
+    connection: int = 0  # 0 for the first connection, then 1, 2, ... after reconnects
+
+
+@dataclass(frozen=True)
+class StreamDone(Done):
+    """The stream is finished: totals over all connections."""
+
+    reconnects: int = 0
+
+
+Event = ServerMessage  # what stream() yields (ready and done as StreamReady, StreamDone)
 
 
 # -- options --------------------------------------------------------------------------------------
@@ -176,31 +200,6 @@ class _FlushMarker:
 FLUSH: Final = _FlushMarker()  # yield this in the audio iterable to end the open segment
 
 AudioChunk = np.ndarray | bytes | bytearray | memoryview | _FlushMarker
-
-
-def start_message(options: StartOptions, offset: float | None = None) -> dict[str, Any]:
-    """The protocol's start message for these options (offset overrides options.offset)."""
-    vad = options.vad
-    return {
-        "type": "start",
-        "sample_rate": options.sample_rate,
-        "encoding": options.encoding,
-        "channels": options.channels,
-        "partials": options.partials,
-        "partial_interval_ms": options.partial_interval_ms,
-        "text": options.text,
-        "language": options.language,
-        "llm_format": options.llm_format,
-        "vad": {
-            "aggressiveness": vad.aggressiveness,
-            "min_silence_ms": vad.min_silence_ms,
-            "tail_ms": vad.tail_ms,
-            "preroll_ms": vad.preroll_ms,
-            "frame_ms": vad.frame_ms,
-            "max_segment_s": vad.max_segment_s,
-        },
-        "offset": options.offset if offset is None else offset,
-    }
 
 
 def encode_audio(
@@ -421,7 +420,7 @@ class StreamClient:
 
     # -- connections ----------------------------------------------------------------------
 
-    async def _open(self) -> tuple[_Connection, Ready]:
+    async def _open(self) -> tuple[_Connection, StreamReady]:
         """Connect, start, await ready; retried by the reconnect policy."""
         policy = self.options.reconnect
         while True:
@@ -467,7 +466,7 @@ class StreamClient:
         log.warning("%s; retrying in %.2f s (attempt %d)", why, delay, self._failures)
         await asyncio.sleep(delay)
 
-    async def _try_open(self, offset: float) -> tuple[_Connection, Ready]:
+    async def _try_open(self, offset: float) -> tuple[_Connection, StreamReady]:
         options = self.options
         headers = {"Authorization": f"Bearer {options.token}"} if options.token else None
         ws = await connect(
@@ -481,10 +480,10 @@ class StreamClient:
             proxy=options.proxy,
         )
         try:
-            await ws.send(json.dumps(start_message(options.start, offset)))
+            await ws.send(Start(replace(options.start, offset=offset)).to_json())
             raw = await asyncio.wait_for(ws.recv(), options.open_timeout_s)
-            event = parse_event(raw) if isinstance(raw, str) else None
-            if isinstance(event, ErrorEvent):
+            event = parse_server_message(raw) if isinstance(raw, str) else None
+            if isinstance(event, ErrorMessage):
                 raise self._error(event)
             if not isinstance(event, Ready):
                 raise ClientError(f"expected a ready message, got {raw!r:.200}")
@@ -492,11 +491,12 @@ class StreamClient:
             await _close(ws)
             raise
         conn = _Connection(ws, self._next_index, offset, time.monotonic())
-        ready = Ready(
+        ready = StreamReady(
             event.protocol,
             event.session,
             event.model,
             event.sample_rate,
+            event.capabilities,
             offset=offset,
             connection=self.connections,
         )
@@ -505,7 +505,7 @@ class StreamClient:
             log.warning("reconnected: session %s resumes at %.3f s", ready.session, offset)
         return conn, ready
 
-    def _error(self, event: ErrorEvent) -> ServerError | _Retryable:
+    def _error(self, event: ErrorMessage) -> ServerError | _Retryable:
         if event.code == "unauthorized":
             return AuthenticationError(event.code, event.message)
         if event.code in FATAL_CODES:
@@ -535,7 +535,7 @@ class StreamClient:
             async for raw in conn.ws:
                 if not isinstance(raw, str):
                     raise ClientError("the server sent a binary message")
-                event = parse_event(raw)
+                event = parse_server_message(raw)
                 if event is None:
                     continue
                 event = self._on_event(conn, event)
@@ -575,7 +575,7 @@ class StreamClient:
             self._backlog.acknowledge(event.end)
             conn.progress = True
             return _renumbered(event, index)
-        if isinstance(event, ErrorEvent):
+        if isinstance(event, ErrorMessage):
             if event.segment is not None:
                 index = base + event.segment
                 self._next_index = max(self._next_index, index + 1)
@@ -598,7 +598,7 @@ class StreamClient:
             if not conn.finished:
                 return None
             audio_seconds = conn.offset - self.options.start.offset + event.audio_seconds
-            return Done(self._segments, round(audio_seconds, 6), self.connections - 1)
+            return StreamDone(self._segments, round(audio_seconds, 6), self.connections - 1)
         return None  # a second ready cannot happen; ignore rather than fail
 
     async def _send(self, conn: _Connection) -> None:
@@ -611,7 +611,7 @@ class StreamClient:
         while True:
             next_flush = backlog.next_flush(flushed)
             if next_flush is not None and next_flush <= sent:
-                await ws.send('{"type":"flush"}')
+                await ws.send(Flush().to_json())
                 flushed = next_flush
                 continue
             sendable = backlog.whole_end if next_flush is None else next_flush
@@ -624,7 +624,7 @@ class StreamClient:
                 backlog.bound(sent, options.resend_limit_s)
                 continue
             if self._source_done:
-                await ws.send('{"type":"stop"}')
+                await ws.send(Stop().to_json())
                 conn.stop_sent = True
                 return
             item = await self._queue.get()

@@ -44,6 +44,7 @@ from ichigo_stream.client import (
     Segment,
     SpeechStart,
     StartOptions,
+    StreamDone,
     stream,
 )
 from ichigo_stream.constants import SAMPLE_RATE
@@ -204,7 +205,7 @@ def test_events_arrive_in_protocol_order_with_the_offline_segments(
     assert segments(events) == expected
     assert any(isinstance(e, Partial) for e in events), "paced speech should get partials"
     done = events[-1]
-    assert done == Done(segments=3, audio_seconds=len(sample) / SAMPLE_RATE, reconnects=0)
+    assert done == StreamDone(segments=3, audio_seconds=len(sample) / SAMPLE_RATE, reconnects=0)
     for segment in (e for e in events if isinstance(e, Segment)):
         assert segment.llm == segment.to_ichigo() == to_ichigo(segment.tokens)
 
@@ -235,7 +236,7 @@ def test_float_int16_and_bytes_input_give_the_same_segments(
 
     for name, events in asyncio.run(main()).items():
         assert segments(events) == expected, name
-        assert events[-1] == Done(3, len(sample) / SAMPLE_RATE), name
+        assert events[-1] == StreamDone(3, len(sample) / SAMPLE_RATE), name
 
 
 @pytest.mark.timeout(60)
@@ -275,7 +276,7 @@ def test_a_wrong_token_raises_at_once_without_retrying(model: Model, sample: np.
     errors, took, events = asyncio.run(main())
     assert took < 1.0, "an authentication failure must not be retried"
     assert all("401" in str(e) and e.code == "unauthorized" for e in errors)
-    assert isinstance(events[0], Ready) and events[-1] == Done(0, 0.1)
+    assert isinstance(events[0], Ready) and events[-1] == StreamDone(0, 0.1)
 
 
 @pytest.mark.timeout(60)
@@ -306,7 +307,7 @@ def test_wss_with_a_trusted_unverified_or_untrusted_certificate(
             ]
 
     for events in asyncio.run(main()):
-        assert isinstance(events[0], Ready) and events[-1] == Done(1, 1.0)
+        assert isinstance(events[0], Ready) and events[-1] == StreamDone(1, 1.0)
 
 
 @pytest.mark.timeout(60)
@@ -470,7 +471,7 @@ def test_server_killed_and_restarted_mid_stream_loses_no_segment(
     assert killed_at == expected[1][1]
     # One index sequence and one set of totals across both connections.
     assert [e.segment for e in events if isinstance(e, Segment)] == list(range(len(expected)))
-    assert events[-1] == Done(len(expected), len(sentences) / SAMPLE_RATE, reconnects=1)
+    assert events[-1] == StreamDone(len(expected), len(sentences) / SAMPLE_RATE, reconnects=1)
 
 
 async def gated(audio: np.ndarray, until: int, gate: asyncio.Event) -> AsyncIterator[object]:
@@ -513,7 +514,7 @@ def test_a_draining_server_is_resumed_on_its_successor(
     assert exit_code == 0, server.log.read_text()
     assert segments(events) == segments(uninterrupted)
     assert [e.connection for e in events if isinstance(e, Ready)] == [0, 1]
-    assert events[-1] == Done(len(SENTENCES), len(sentences) / SAMPLE_RATE, reconnects=1)
+    assert events[-1] == StreamDone(len(SENTENCES), len(sentences) / SAMPLE_RATE, reconnects=1)
 
 
 # -- the send command -----------------------------------------------------------------------------
