@@ -19,7 +19,7 @@ import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from types import NoneType, UnionType
 from typing import Any, ClassVar, Union, get_args, get_origin, get_type_hints
 
@@ -166,7 +166,8 @@ class Capabilities:
 class _ServerMessage:
     """to_dict/to_json of a server message, from its dataclass fields ("type" first).
 
-    A field whose value is None is left out: optional fields are absent, never null."""
+    A field whose value is None is left out: optional fields (typed X | None) are absent,
+    never null; every other field is always there."""
 
     type: ClassVar[str]
 
@@ -316,16 +317,18 @@ def _encode_fields(obj: Any) -> dict[str, Any]:
 
 
 def _decode_dataclass(cls: type, obj: Any, where: str) -> Any:
+    """A JSON object -> cls. A field that may be None is optional on the wire (absent or null:
+    None); every other field must be there, whatever its Python default."""
     if not isinstance(obj, Mapping):
         raise _Malformed(f"{where} must be an object, got {_show(obj)}")
     hints = _hints(cls)
     values: dict[str, Any] = {}
     for f in fields(cls):
+        value = obj.get(f.name)
+        if value is None and _optional(hints[f.name]):
+            continue  # the dataclass default: None
         if f.name not in obj:
-            if f.default is MISSING and f.default_factory is MISSING:
-                raise _Malformed(f"{where}.{f.name} is missing")
-            continue
-        value = obj[f.name]
+            raise _Malformed(f"{where}.{f.name} is missing")
         if value is None and NULL_MEANS in f.metadata:
             values[f.name] = f.metadata[NULL_MEANS]
         else:
@@ -333,13 +336,14 @@ def _decode_dataclass(cls: type, obj: Any, where: str) -> Any:
     return cls(**values)
 
 
+def _optional(hint: Any) -> bool:
+    return get_origin(hint) in (Union, UnionType) and NoneType in get_args(hint)
+
+
 def _decode(hint: Any, value: Any, where: str) -> Any:
+    if _optional(hint):  # X | None: the only unions in the schema
+        (hint,) = [a for a in get_args(hint) if a is not NoneType]
     origin, args = get_origin(hint), get_args(hint)
-    if origin in (Union, UnionType):  # X | None: the only unions in the schema
-        if value is None:
-            return None
-        (hint,) = [a for a in args if a is not NoneType]
-        origin, args = get_origin(hint), get_args(hint)
     if origin is tuple:  # tuple[X, ...]: a JSON array
         if not isinstance(value, list):
             raise _Malformed(f"{where} must be an array, got {_show(value)}")
