@@ -355,16 +355,20 @@ def _decode(hint: Any, value: Any, where: str) -> Any:
         (hint is bool and isinstance(value, bool))
         or (hint is int and isinstance(value, int) and not isinstance(value, bool))
         or (hint is str and isinstance(value, str))
-        or (
-            hint is float
-            and isinstance(value, int | float)
-            and not isinstance(value, bool)
-            and math.isfinite(value)
-        )
+        or (hint is float and _finite_number(value))
     )
     if not ok:
         raise _Malformed(f"{where} must be {_JSON_NAMES[hint]}, got {_show(value)}")
     return float(value) if hint is float else value
+
+
+def _finite_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond any float
+        return False
 
 
 _JSON_NAMES = {bool: "a boolean", int: "an integer", str: "a string", float: "a finite number"}

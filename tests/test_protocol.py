@@ -452,6 +452,7 @@ def test_unknown_server_message_types_are_ignored() -> None:
         '{"type":"speech_start","segment":0.0,"start":0.1}',
         '{"type":"speech_start","segment":0,"start":"0.1"}',
         '{"type":"speech_start","segment":0,"start":NaN}',
+        '{"type":"speech_start","segment":0,"start":1%s}' % ("0" * 400),  # beyond any float
         '{"type":"partial","segment":0,"start":0,"end":1,"tokens":"1 2"}',
         '{"type":"partial","segment":0,"start":0,"end":1,"tokens":[1,2.5]}',
         '{"type":"segment","segment":0,"start":0,"end":1,"tokens":[1]}',  # endpoint_ms missing
