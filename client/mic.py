@@ -52,7 +52,7 @@ from ichigo_stream.client import (
     Connected,
     Connecting,
     Done,
-    ErrorEvent,
+    ErrorMessage,
     GaveUp,
     Partial,
     Reconnecting,
@@ -742,7 +742,7 @@ class MicApp:
                 status.segment = None
                 status.partial_tokens, status.partial_span = (), None
             self.view.line(segment_line(event, latency))
-        elif isinstance(event, ErrorEvent):
+        elif isinstance(event, ErrorMessage):
             where = f" (segment {event.segment})" if event.segment is not None else ""
             self.view.note(printable(f"server error {event.code}{where}: {event.message}"))
         elif isinstance(event, Done):

@@ -26,7 +26,7 @@ from ichigo_stream.client import (
     ClientOptions,
     Connected,
     Done,
-    ErrorEvent,
+    ErrorMessage,
     Reconnecting,
     ReconnectPolicy,
     Segment,
@@ -167,7 +167,7 @@ async def stream_file(options: SendOptions, out: TextIO | None) -> tuple[Done | 
             out.flush()
         if isinstance(event, Segment):
             print(segment_line(event), flush=True)
-        elif isinstance(event, ErrorEvent):
+        elif isinstance(event, ErrorMessage):
             where = f" (segment {event.segment})" if event.segment is not None else ""
             note(f"server error {event.code}{where}: {event.message}")
         elif isinstance(event, Reconnecting):

@@ -10,7 +10,7 @@
 `options.start.sample_rate`; shape (frames,) or (frames, channels)), of raw bytes already in
 `options.start.encoding`, or of the FLUSH marker (ends the open segment there, as the
 protocol's flush). Events are frozen dataclasses: the server's messages (SpeechStart,
-Partial, Segment, ErrorEvent, Done) and the client's connection events (Connecting,
+Partial, Segment, ErrorMessage, Done) and the client's connection events (Connecting,
 Connected with the server's ready, Reconnecting, GaveUp: ichigo_stream.client_events).
 No torch is imported here.
 
@@ -46,13 +46,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import time
 from collections.abc import AsyncIterable, AsyncIterator
 from ssl import CERT_NONE, SSLCertVerificationError, SSLContext, create_default_context
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
@@ -93,16 +92,16 @@ from .errors import (
     ConnectionLost,
     RemoteError,
 )
-from .events import (
+from .messages import (
     Done,
-    ErrorEvent,
-    Event,
+    ErrorMessage,
     Partial,
     Ready,
     Segment,
+    ServerMessage,
     SpeechStart,
-    event_to_dict,
-    parse_event,
+    Start,
+    parse_server_message,
     segments_to_llm,
 )
 from .protocol import StartOptions
@@ -118,8 +117,7 @@ __all__ = [
     "ConnectionEvent",
     "ConnectionLost",
     "Done",
-    "ErrorEvent",
-    "Event",
+    "ErrorMessage",
     "GaveUp",
     "Partial",
     "Ready",
@@ -127,16 +125,15 @@ __all__ = [
     "Reconnecting",
     "RemoteError",
     "Segment",
+    "ServerMessage",
     "SpeechStart",
     "StartOptions",
     "StreamClient",
     "StreamEvent",
     "encode_audio",
     "event_record",
-    "event_to_dict",
-    "parse_event",
+    "parse_server_message",
     "segments_to_llm",
-    "start_message",
     "stream",
 ]
 
@@ -154,31 +151,6 @@ class _FlushMarker:
 FLUSH: Final = _FlushMarker()  # yield this in the audio iterable to end the open segment
 
 AudioChunk = np.ndarray | bytes | bytearray | memoryview | _FlushMarker
-
-
-def start_message(options: StartOptions, offset: float | None = None) -> dict[str, Any]:
-    """The protocol's start message for these options (offset overrides options.offset)."""
-    vad = options.vad
-    return {
-        "type": "start",
-        "sample_rate": options.sample_rate,
-        "encoding": options.encoding,
-        "channels": options.channels,
-        "partials": options.partials,
-        "partial_interval_ms": options.partial_interval_ms,
-        "text": options.text,
-        "language": options.language,
-        "llm_format": options.llm_format,
-        "vad": {
-            "aggressiveness": vad.aggressiveness,
-            "min_silence_ms": vad.min_silence_ms,
-            "tail_ms": vad.tail_ms,
-            "preroll_ms": vad.preroll_ms,
-            "frame_ms": vad.frame_ms,
-            "max_segment_s": vad.max_segment_s,
-        },
-        "offset": options.offset if offset is None else offset,
-    }
 
 
 def encode_audio(
@@ -317,7 +289,7 @@ class StreamClient:
             async for raw in ws:
                 if not isinstance(raw, str):
                     raise ClientError("the server sent a binary message")
-                message = parse_event(raw)
+                message = parse_server_message(raw)
                 if message is None:
                     continue
                 for event in session.receive(message, _now()):
@@ -361,9 +333,9 @@ class StreamClient:
             self._cause = e
             return None, [*session.connect_failed(_describe(e), _now())]
         try:
-            await ws.send(json.dumps(start_message(session.start)))
+            await ws.send(Start(session.start).to_json())
             raw = await asyncio.wait_for(ws.recv(), options.open_timeout_s)
-            message = parse_event(raw) if isinstance(raw, str) else None
+            message = parse_server_message(raw) if isinstance(raw, str) else None
             if message is None:
                 raise ClientError(f"expected a ready message, got {raw!r:.200}")
             events = session.receive(message, _now())

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
-from .events import Event, Ready, event_to_dict
+from .messages import Ready, ServerMessage
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class GaveUp:
 
 
 ConnectionEvent = Connecting | Connected | Reconnecting | GaveUp
-StreamEvent = Event | ConnectionEvent  # everything ichigo_stream.client.stream() yields
+StreamEvent = ServerMessage | ConnectionEvent  # everything ichigo_stream.client.stream() yields
 
 
 def event_record(event: StreamEvent) -> dict[str, Any]:
@@ -84,8 +84,8 @@ def event_record(event: StreamEvent) -> dict[str, Any]:
             "type": event.type,
             "connection": event.connection,
             "offset": event.offset,
-            "ready": event_to_dict(event.ready),
+            "ready": event.ready.to_dict(),
         }
     if isinstance(event, Connecting | Reconnecting | GaveUp):
         return {"type": event.type, **asdict(event)}
-    return event_to_dict(event)
+    return event.to_dict()

@@ -22,10 +22,17 @@ from dataclasses import dataclass, field, replace
 from ssl import SSLContext
 from typing import Final, Literal
 
-from .client_events import Connected, Connecting, ConnectionEvent, GaveUp, Reconnecting
+from .client_events import (
+    Connected,
+    Connecting,
+    ConnectionEvent,
+    GaveUp,
+    Reconnecting,
+    StreamEvent,
+)
 from .constants import SAMPLE_RATE
 from .errors import AuthenticationError, ClientError, ConnectionLost, RemoteError
-from .events import Done, ErrorEvent, Event, Partial, Ready, Segment, SpeechStart
+from .messages import Done, ErrorMessage, Partial, Ready, Segment, ServerMessage, SpeechStart
 from .protocol import StartOptions
 from .resend_buffer import ResendBuffer
 
@@ -94,7 +101,7 @@ class ClientOptions:
     proxy: str | Literal[True] | None = True  # websockets' default: from the environment
 
 
-def remote_error(message: ErrorEvent) -> RemoteError | None:
+def remote_error(message: ErrorMessage) -> RemoteError | None:
     """The error to end the stream with for a server's `error` without a segment, or None
     when a new connection may not get it again (a limit, the server overloaded or failing)."""
     if message.code == "unauthorized":
@@ -254,7 +261,7 @@ class ClientSession:
 
     # -- the server's messages ----------------------------------------------------------------
 
-    def receive(self, message: Event, now: float) -> list[Event | ConnectionEvent]:
+    def receive(self, message: ServerMessage, now: float) -> list[StreamEvent]:
         """One server message -> what to yield (renumbered), in order."""
         if self.state == "connecting":
             return self._handshake(message, now)
@@ -278,7 +285,7 @@ class ClientSession:
             self._buffer.acknowledge(message.end)
             link.progress = True
             return [_renumbered(message, index)]
-        if isinstance(message, ErrorEvent):
+        if isinstance(message, ErrorMessage):
             if message.segment is not None:
                 index = link.index_base + message.segment
                 self._next_index = max(self._next_index, index + 1)
@@ -291,8 +298,8 @@ class ClientSession:
             return self._done(link, message)
         return []  # a second ready cannot happen; ignore rather than fail
 
-    def _handshake(self, message: Event, now: float) -> list[Event | ConnectionEvent]:
-        if isinstance(message, ErrorEvent):
+    def _handshake(self, message: ServerMessage, now: float) -> list[StreamEvent]:
+        if isinstance(message, ErrorMessage):
             error = remote_error(message)
             if error is not None:
                 return self._fail(error)
@@ -305,7 +312,7 @@ class ClientSession:
         self.state = "streaming"
         return [Connected(message, self.connections - 1, self._start.offset)]
 
-    def _done(self, link: _Link, done: Done) -> list[Event | ConnectionEvent]:
+    def _done(self, link: _Link, done: Done) -> list[StreamEvent]:
         link.done = link.progress = True
         # A draining server sends done before our stop, or (a race) ignores what we sent
         # after it began draining: then done does not cover all the audio, and the rest
@@ -391,5 +398,5 @@ class ClientSession:
             raise RuntimeError(f"ClientSession: not allowed in state {self.state!r}")
 
 
-def _renumbered(event: SpeechStart | Partial | Segment | ErrorEvent, index: int) -> Event:
+def _renumbered(event: SpeechStart | Partial | Segment | ErrorMessage, index: int) -> ServerMessage:
     return event if event.segment == index else replace(event, segment=index)

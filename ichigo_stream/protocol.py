@@ -1,25 +1,24 @@
-"""Streaming protocol v1, sans-I/O: client message parsing and server message building.
+"""Streaming protocol v1: its constants and the `start` message's options, validated.
 
-No sockets, no clocks: bytes and strings in, typed messages or ProtocolError out. The
-connection state machine that uses these lives in session.py; docs/protocol.md is the
-specification for client writers.
+No sockets, no clocks. The messages themselves (both directions, typed) are in messages.py,
+which uses parse_start for the server's strict reading of `start`; the connection state
+machine is in session.py; docs/protocol.md is the specification for client writers.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from enum import IntEnum
 from typing import Any, Literal
 
 from .constants import SAMPLE_RATE, WINDOW_SECONDS
-from .errors import IchigoStreamError, SegmentationError
+from .errors import ProtocolError, SegmentationError
 from .segmentation import VadOptions
 
 PROTOCOL_VERSION = 1
 STREAM_PATH = "/v1/stream"
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8_000, 48_000
 ENCODINGS = {"pcm_s16le": 2, "pcm_f32le": 4}  # bytes per sample
+CHANNELS = (1, 2)
 LLM_FORMATS = ("ichigo", "ichigo-rle")
 PARTIAL_INTERVAL_MS = (100, 10_000)
 # Bounds that keep every derived sample count a finite, exact number: an offset up to ~31 years
@@ -29,49 +28,6 @@ MAX_OFFSET_S = 1e9
 MAX_VAD_MS = 600_000
 
 Encoding = Literal["pcm_s16le", "pcm_f32le"]
-ErrorCode = Literal[
-    "bad_message",
-    "bad_audio",
-    "unsupported",
-    "too_large",
-    "too_fast",
-    "limit",
-    "unauthorized",
-    "internal",
-]
-
-
-class CloseCode(IntEnum):
-    NORMAL = 1000
-    GOING_AWAY = 1001
-    UNSUPPORTED_DATA = 1003
-    POLICY_VIOLATION = 1008
-    MESSAGE_TOO_BIG = 1009
-    INTERNAL_ERROR = 1011
-    TRY_AGAIN_LATER = 1013
-
-
-# The close that follows a fatal error of each code (see docs/protocol.md).
-CLOSE_FOR_ERROR: dict[str, CloseCode] = {
-    "bad_message": CloseCode.UNSUPPORTED_DATA,
-    "bad_audio": CloseCode.UNSUPPORTED_DATA,
-    "unsupported": CloseCode.UNSUPPORTED_DATA,
-    "too_large": CloseCode.MESSAGE_TOO_BIG,
-    "too_fast": CloseCode.POLICY_VIOLATION,
-    "limit": CloseCode.POLICY_VIOLATION,
-    "unauthorized": CloseCode.POLICY_VIOLATION,
-    "internal": CloseCode.INTERNAL_ERROR,
-}
-
-
-class ProtocolError(IchigoStreamError):
-    """A client broke the protocol: sent as an `error` message, then the connection closes."""
-
-    def __init__(self, code: ErrorCode, message: str, close: CloseCode | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.close_code = close or CLOSE_FOR_ERROR[code]
 
 
 @dataclass(frozen=True)
@@ -98,29 +54,10 @@ class StartOptions:
         return round(self.offset * SAMPLE_RATE)
 
 
-@dataclass(frozen=True)
-class Start:
-    options: StartOptions
-
-
-@dataclass(frozen=True)
-class Flush:
-    pass
-
-
-@dataclass(frozen=True)
-class Stop:
-    pass
-
-
-@dataclass(frozen=True)
-class Audio:
-    data: bytes
-
-
-ClientMessage = Start | Flush | Stop | Audio
-
-_VAD_FIELDS = ("aggressiveness", "min_silence_ms", "tail_ms", "preroll_ms", "frame_ms")
+# The `vad` object's integer fields; max_segment_s is a number. VadOptions.cut_search_s is the
+# segmenter's own setting, not part of the protocol.
+VAD_INT_FIELDS = ("aggressiveness", "min_silence_ms", "tail_ms", "preroll_ms", "frame_ms")
+VAD_FIELDS = (*VAD_INT_FIELDS, "max_segment_s")
 
 
 def _typed(
@@ -161,7 +98,7 @@ def _vad_options(raw: Any) -> VadOptions:
         raise ProtocolError("bad_message", "start.vad must be an object")
     defaults = VadOptions()
     values: dict[str, Any] = {}
-    for key in _VAD_FIELDS:
+    for key in VAD_INT_FIELDS:
         if key in raw:
             # The default is never null, so a null here is a bad_message, not a TypeError later.
             values[key] = _typed(raw, key, int, getattr(defaults, key), "start.vad")
@@ -196,7 +133,7 @@ def parse_start(obj: dict[str, Any]) -> StartOptions:
             "unsupported", f"encoding {encoding!r} unsupported: expected one of {list(ENCODINGS)}"
         )
     channels = _typed(obj, "channels", int, 1)
-    if channels not in (1, 2):
+    if channels not in CHANNELS:
         raise ProtocolError("unsupported", f"channels {channels} unsupported: expected 1 or 2")
     interval = _typed(obj, "partial_interval_ms", int, 500)
     lo, hi = PARTIAL_INTERVAL_MS
@@ -226,99 +163,6 @@ def parse_start(obj: dict[str, Any]) -> StartOptions:
     )
 
 
-def parse_message(data: str | bytes) -> ClientMessage:
-    """One WebSocket message from a client -> a typed message, or ProtocolError."""
-    if isinstance(data, bytes | bytearray | memoryview):
-        return Audio(bytes(data))
-    try:
-        obj = json.loads(data)
-    except ValueError as e:
-        raise ProtocolError("bad_message", f"text messages must be JSON objects: {e}") from None
-    except RecursionError:
-        # Deeply nested arrays fit in any message size limit and exhaust the parser's stack.
-        raise ProtocolError("bad_message", "text message nested too deeply") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
-        raise ProtocolError(
-            "bad_message", 'text messages must be JSON objects with a "type" string'
-        )
-    kind = obj["type"]
-    if kind == "start":
-        return Start(parse_start(obj))
-    if kind == "flush":
-        return Flush()
-    if kind == "stop":
-        return Stop()
-    raise ProtocolError(
-        "bad_message", f"unknown message type {kind!r}: expected start, flush or stop"
-    )
-
-
-# -- server -> client ------------------------------------------------------------------------
-
-
 def seconds(samples: int) -> float:
     """A timeline position in seconds: whole samples at 16 kHz."""
     return samples / SAMPLE_RATE
-
-
-def encode(message: dict[str, Any]) -> str:
-    return json.dumps(message, separators=(",", ":"), allow_nan=False)
-
-
-def ready_message(session: str, model: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "type": "ready",
-        "protocol": PROTOCOL_VERSION,
-        "session": session,
-        "model": model,
-        "sample_rate": SAMPLE_RATE,
-    }
-
-
-def speech_start_message(segment: int, start: int) -> dict[str, Any]:
-    return {"type": "speech_start", "segment": segment, "start": seconds(start)}
-
-
-def partial_message(segment: int, start: int, end: int, tokens: list[int]) -> dict[str, Any]:
-    return {
-        "type": "partial",
-        "segment": segment,
-        "start": seconds(start),
-        "end": seconds(end),
-        "tokens": tokens,
-    }
-
-
-def segment_message(
-    segment: int,
-    start: int,
-    end: int,
-    tokens: list[int],
-    endpoint_ms: float,
-    text: str | None = None,
-    llm: str | None = None,
-) -> dict[str, Any]:
-    message: dict[str, Any] = {
-        "type": "segment",
-        "segment": segment,
-        "start": seconds(start),
-        "end": seconds(end),
-        "tokens": tokens,
-    }
-    if text is not None:
-        message["text"] = text
-    if llm is not None:
-        message["llm"] = llm
-    message["endpoint_ms"] = round(endpoint_ms, 3)
-    return message
-
-
-def error_message(code: ErrorCode, message: str, segment: int | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": "error", "code": code, "message": message}
-    if segment is not None:
-        out["segment"] = segment
-    return out
-
-
-def done_message(segments: int, audio_seconds: float) -> dict[str, Any]:
-    return {"type": "done", "segments": segments, "audio_seconds": round(audio_seconds, 6)}

@@ -17,23 +17,25 @@ import numpy as np
 
 from .audio import PcmStreamDecoder
 from .constants import SAMPLE_RATE
-from .errors import AudioError
-from .protocol import (
+from .errors import AudioError, CloseCode, ProtocolError
+from .messages import (
     Audio,
-    CloseCode,
+    Capabilities,
+    Done,
+    ErrorMessage,
     Flush,
-    ProtocolError,
+    Partial,
+    Ready,
+    Segment,
+    ServerMessage,
+    SessionLimits,
+    SpeechStart,
     Start,
-    StartOptions,
     Stop,
-    done_message,
-    error_message,
-    parse_message,
-    partial_message,
-    ready_message,
-    segment_message,
-    speech_start_message,
+    parse_client_message,
 )
+from .model_info import ModelInfo
+from .protocol import PROTOCOL_VERSION, StartOptions, seconds
 from .segmentation import (
     CandidateCancelled,
     EndpointCandidate,
@@ -46,16 +48,6 @@ from .stream_buffer import AudioBuffer
 from .tokens import format_tokens
 
 _job_ids = itertools.count()
-
-
-@dataclass(frozen=True)
-class SessionLimits:
-    max_message_bytes: int = 1 << 20
-    max_realtime: float = 10.0  # audio may arrive at most this many times faster than real time
-    realtime_burst_s: float = 30.0  # ... after this much audio, sent at any speed
-    max_session_s: float = 4 * 3600.0
-    idle_timeout_s: float = 60.0
-    max_pending_segments: int = 32  # closed segments waiting for the model
 
 
 @dataclass(frozen=True, eq=False)
@@ -82,7 +74,7 @@ class JobResult:
 
 @dataclass(frozen=True)
 class Send:
-    message: dict
+    message: ServerMessage
 
 
 @dataclass(frozen=True)
@@ -115,18 +107,12 @@ class ServerSession:
     """Protocol v1 for one connection: awaiting_start -> streaming -> stopping -> closed."""
 
     def __init__(
-        self,
-        session_id: str,
-        model: dict,
-        limits: SessionLimits,
-        now: float,
-        *,
-        text_available: bool = False,
+        self, session_id: str, model: ModelInfo, capabilities: Capabilities, now: float
     ) -> None:
         self.id = session_id
-        self.text_available = text_available
         self.model = model
-        self.limits = limits
+        self.capabilities = capabilities  # sent in ready; also what this session enforces
+        self.limits: SessionLimits = capabilities.limits
         self.state: Literal["awaiting_start", "streaming", "stopping", "closed"] = "awaiting_start"
         self.options: StartOptions | None = None
         self.segments_sent = 0
@@ -162,7 +148,7 @@ class ServerSession:
                     "too_large",
                     f"message of {size} bytes exceeds {self.limits.max_message_bytes}",
                 )
-            message = parse_message(data)
+            message = parse_client_message(data)
             if isinstance(message, Start):
                 return self._start(message.options)
             if self.state == "awaiting_start":
@@ -220,12 +206,22 @@ class ServerSession:
         """A fatal error: tell the client, cancel outstanding work, close."""
         if self.state == "closed":
             return []  # already closed: a second error and Close would go to a dead socket
-        actions: list[Action] = [Send(error_message(error.code, error.message))]
-        actions += [Cancel(job) for job in self.pending_jobs()]
+        send = Send(ErrorMessage(error.code, error.message))
+        return [send, *self._abandon(), Close(error.close_code, error.code)]
+
+    def connection_lost(self, now: float) -> list[Action]:
+        """The socket is gone (the client left, or the I/O layer ended it): cancel the
+        outstanding work and close; nothing more can be sent."""
+        if self.state == "closed":
+            return []
+        return self._abandon()
+
+    def _abandon(self) -> list[Action]:
+        cancels: list[Action] = [Cancel(job) for job in self.pending_jobs()]
         self._finals.clear()
         self._partial = None
         self.state = "closed"
-        return [*actions, Close(error.close_code, error.code)]
+        return cancels
 
     def pending_jobs(self) -> list[Job]:
         jobs = [final.job for final in self._finals.values() if final.result is None]
@@ -240,7 +236,7 @@ class ServerSession:
     def _start(self, options: StartOptions) -> list[Action]:
         if self.state != "awaiting_start":
             raise ProtocolError("bad_message", "start was already received")
-        if options.text and not self.text_available:
+        if options.text and not self.capabilities.text:
             raise ProtocolError(
                 "unsupported", "text was asked for but this server runs without --text"
             )
@@ -248,7 +244,8 @@ class ServerSession:
         self._decoder = PcmStreamDecoder(options.sample_rate, options.encoding, options.channels)
         self._vad = VadSegmenter(options.vad)
         self.state = "streaming"
-        return [Send(ready_message(self.id, self.model))]
+        ready = Ready(PROTOCOL_VERSION, self.id, self.model, SAMPLE_RATE, self.capabilities)
+        return [Send(ready)]
 
     def _audio(self, data: bytes, now: float) -> list[Action]:
         assert self.options is not None and self._decoder is not None
@@ -304,7 +301,7 @@ class ServerSession:
         offset = self.options.offset_samples
         for event in events:
             if isinstance(event, SpeechStarted):
-                actions.append(Send(speech_start_message(event.index, offset + event.start)))
+                actions.append(Send(SpeechStart(event.index, seconds(offset + event.start))))
                 self._open_index = event.index
                 self._next_partial_at = event.start + self._partial_interval
             elif isinstance(event, EndpointCandidate):
@@ -371,9 +368,8 @@ class ServerSession:
             return []  # partials are best effort; the final reports errors
         self._partial_sent_end = job.end
         offset = self.options.offset_samples
-        return [
-            Send(partial_message(job.segment, offset + job.start, offset + job.end, result.tokens))
-        ]
+        start, end = seconds(offset + job.start), seconds(offset + job.end)
+        return [Send(Partial(job.segment, start, end, tuple(result.tokens)))]
 
     def _send_ready_finals(self, now: float) -> list[Action]:
         """Send finished segments strictly in segment order; done once nothing is left."""
@@ -391,26 +387,25 @@ class ServerSession:
                     if self.options.llm_format
                     else None
                 )
-                endpoint_ms = (now - final.closed_at) * 1000
-                message = segment_message(
+                message = Segment(
                     job.segment,
-                    offset + job.start,
-                    offset + job.end,
-                    tokens,
-                    endpoint_ms,
+                    seconds(offset + job.start),
+                    seconds(offset + job.end),
+                    tuple(tokens),
                     result.text,
                     llm,
+                    endpoint_ms=round((now - final.closed_at) * 1000, 3),
                 )
                 actions.append(Send(message))
                 self.segments_sent += 1
             if result.error is not None:
                 # Non-fatal: this segment (or its text) failed; the session goes on.
-                actions.append(Send(error_message("internal", result.error, segment=job.segment)))
+                actions.append(Send(ErrorMessage("internal", result.error, job.segment)))
             self._next_to_send += 1
         if self.state == "stopping" and not self._finals:
             self.state = "closed"
             actions += [
-                Send(done_message(self.segments_sent, self.audio_seconds)),
+                Send(Done(self.segments_sent, round(self.audio_seconds, 6))),
                 Close(CloseCode.NORMAL, "server shutting down" if self._draining else ""),
             ]
         return actions

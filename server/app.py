@@ -24,11 +24,12 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from ichigo_stream.errors import IchigoStreamError
+from ichigo_stream.errors import CloseCode, IchigoStreamError, ProtocolError
 from ichigo_stream.loading import ModelInfo, load_tokenizer
+from ichigo_stream.messages import Capabilities
 from ichigo_stream.model import IchigoTokenizer
 from ichigo_stream.pipeline import default_batch_size
-from ichigo_stream.protocol import STREAM_PATH, CloseCode, ProtocolError, encode
+from ichigo_stream.protocol import STREAM_PATH
 from ichigo_stream.session import Action, Cancel, Close, Job, JobResult, Send, ServerSession, Submit
 
 from .config import ServerConfig
@@ -201,13 +202,8 @@ class StreamServer:
     async def _handle(self, ws: ServerConnection) -> None:
         assert self._loop is not None
         now = self._loop.time()
-        session = ServerSession(
-            uuid.uuid4().hex[:16],
-            self.info.to_dict(),
-            self.config.limits,
-            now,
-            text_available=self.config.text,
-        )
+        capabilities = Capabilities(text=self.config.text, limits=self.config.limits)
+        session = ServerSession(uuid.uuid4().hex[:16], self.info, capabilities, now)
         origin = ws.request.headers.get("Origin") if ws.request else None
         # The allowlist guards against other web pages driving a visitor's browser here;
         # browsers always send Origin, and non-browser clients (ours included) send none.
@@ -243,9 +239,8 @@ class StreamServer:
         except ConnectionClosed:
             pass
         finally:
-            for job in session.pending_jobs():
-                self.worker.cancel(job)
-            session.state = "closed"
+            # The session cancels its own work and closes; the Close only ends the writer.
+            self._act(conn, session.connection_lost, self._loop.time())
             conn.outbox.put_nowait(Close(CloseCode.NORMAL))
             await writer
             del self.connections[session.id]
@@ -288,7 +283,7 @@ class StreamServer:
                 if isinstance(action, Close):
                     await conn.ws.close(action.code, action.reason)
                     return
-                await conn.ws.send(encode(action.message))
+                await conn.ws.send(action.message.to_json())
 
     def _count_audio(self, conn: _Connection) -> None:
         seconds = conn.session.audio_seconds
@@ -325,7 +320,7 @@ class StreamServer:
             for action in session.fail(error):
                 if isinstance(action, Send):
                     self.metrics.observe_message(action.message)
-                    await ws.send(encode(action.message))
+                    await ws.send(action.message.to_json())
                 elif isinstance(action, Close):
                     await ws.close(action.code, action.reason)
 

@@ -6,6 +6,8 @@ import bisect
 from collections import Counter as _Tally
 from collections.abc import Callable, Sequence
 
+from ichigo_stream.messages import ErrorMessage, Partial, Segment, ServerMessage
+
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -42,15 +44,15 @@ class ServerMetrics:
         self.endpoint_latency_ms = Histogram(LATENCY_BUCKETS_MS)
         self.batch_size = Histogram(BATCH_BUCKETS)
 
-    def observe_message(self, message: dict) -> None:
-        kind = message.get("type")
-        if kind == "segment":
+    def observe_message(self, message: ServerMessage) -> None:
+        """Count one message handed to a socket, by its type."""
+        if isinstance(message, Segment):
             self.segments_out += 1
-            self.endpoint_latency_ms.observe(message["endpoint_ms"])
-        elif kind == "partial":
+            self.endpoint_latency_ms.observe(message.endpoint_ms)
+        elif isinstance(message, Partial):
             self.partials_out += 1
-        elif kind == "error":
-            self.errors[message["code"]] += 1
+        elif isinstance(message, ErrorMessage):
+            self.errors[message.code] += 1
 
     def render(
         self, gauges: dict[str, tuple[str, float]], counters: dict[str, tuple[str, float]]

@@ -39,12 +39,27 @@ from ichigo_stream.errors import (
     ConnectionLost,
     RemoteError,
 )
-from ichigo_stream.events import Done, ErrorEvent, Partial, Ready, Segment, SpeechStart
+from ichigo_stream.messages import (
+    Capabilities,
+    Done,
+    ErrorMessage,
+    Partial,
+    Ready,
+    Segment,
+    SpeechStart,
+)
+from ichigo_stream.model_info import ModelInfo
 from ichigo_stream.protocol import StartOptions
 from ichigo_stream.resend_buffer import ResendBuffer
 
 URL = "ws://server.test/v1/stream"
-READY = Ready(1, "session-id", {"name": "fake"}, SAMPLE_RATE)
+READY = Ready(
+    1,
+    "session-id",
+    ModelInfo("fake.pth", "0" * 64, 2561, 2048, 25, "medium"),
+    SAMPLE_RATE,
+    Capabilities(),
+)
 GRID = 480  # the default VAD frame, 30 ms at 16 kHz
 # No jitter: delays are exactly initial * multiplier ** failures.
 STEADY = ReconnectPolicy(jitter=0.0, max_attempts=None, max_total_s=None)
@@ -88,7 +103,7 @@ def pcm(seconds: float, rate: int = SAMPLE_RATE, channels: int = 1, seed: int = 
 
 
 def segment(index: int, start: float, end: float) -> Segment:
-    return Segment(index, start, end, (1, 2, 3))
+    return Segment(index, start, end, (1, 2, 3), endpoint_ms=0.0)
 
 
 def lose_and_reconnect(s: ClientSession, now: float) -> tuple[list[object], Connected]:
@@ -293,7 +308,7 @@ def test_indices_continue_across_a_reconnect() -> None:
     assert s.receive(SpeechStart(0, 3.5), 2.0) == [SpeechStart(2, 3.5)]  # repeated: allowed
     assert s.receive(Partial(0, 3.5, 4.0, (5,)), 2.0) == [Partial(2, 3.5, 4.0, (5,))]
     assert s.receive(segment(0, 3.5, 4.5), 2.0) == [segment(2, 3.5, 4.5)]
-    failed = ErrorEvent("internal", "model failed", segment=1)
+    failed = ErrorMessage("internal", "model failed", segment=1)
     assert s.receive(failed, 2.0) == [replace(failed, segment=3)]
     assert s.receive(segment(2, 6.0, 7.0), 2.0) == [segment(4, 6.0, 7.0)]
     assert s.segments == 4
@@ -409,7 +424,7 @@ def test_the_final_done_has_totals_over_all_connections() -> None:
     ],
 )
 def test_each_error_code_is_fatal_or_retried(code: str, fatal: type | None) -> None:
-    error = ErrorEvent(code, "what the server said")
+    error = ErrorMessage(code, "what the server said")
     # While streaming:
     s = session()
     connect(s)
@@ -436,7 +451,7 @@ def test_each_error_code_is_fatal_or_retried(code: str, fatal: type | None) -> N
 def test_a_segments_error_is_not_fatal() -> None:
     s = session()
     connect(s)
-    failed = ErrorEvent("bad_audio", "text decoding failed", segment=0)
+    failed = ErrorMessage("bad_audio", "text decoding failed", segment=0)
     assert s.receive(failed, 1.0) == [failed] and s.state == "streaming"
 
 

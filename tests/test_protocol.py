@@ -1,4 +1,4 @@
-"""ichigo_stream.protocol: parsing client messages and building server messages, no session."""
+"""ichigo_stream.protocol and .messages: every message of protocol v1, both directions."""
 
 from __future__ import annotations
 
@@ -8,29 +8,28 @@ from typing import Any, get_args
 
 import pytest
 
-from ichigo_stream.protocol import (
-    CLOSE_FOR_ERROR,
-    MAX_OFFSET_S,
+from ichigo_stream.errors import CLOSE_FOR_ERROR, ClientError, CloseCode, ErrorCode, ProtocolError
+from ichigo_stream.messages import (
     Audio,
-    CloseCode,
-    ErrorCode,
+    Capabilities,
+    Done,
+    ErrorMessage,
     Flush,
-    ProtocolError,
+    Partial,
+    Ready,
+    Segment,
+    SessionLimits,
+    SpeechStart,
     Start,
-    StartOptions,
     Stop,
-    done_message,
-    encode,
-    error_message,
-    parse_message,
-    parse_start,
-    partial_message,
-    ready_message,
-    seconds,
-    segment_message,
-    speech_start_message,
+    parse_client_message,
+    parse_server_message,
 )
+from ichigo_stream.model_info import ModelInfo
+from ichigo_stream.protocol import MAX_OFFSET_S, StartOptions, parse_start, seconds
 from ichigo_stream.segmentation import VadOptions
+
+parse_message = parse_client_message  # the server's reading of a client message
 
 
 def start(**fields: Any) -> str:
@@ -312,25 +311,60 @@ def test_times_are_whole_samples_in_seconds() -> None:
         assert round(seconds(samples) * 16_000) == samples
 
 
+MODEL = ModelInfo("m", "ab", 2561, 2048, 25, "medium")
+
+
+def wire(message: Ready | SpeechStart | Partial | Segment | ErrorMessage | Done) -> Any:
+    return json.loads(message.to_json())
+
+
 def test_server_message_shapes() -> None:
-    model = {"name": "m", "sha256": "ab", "codebook_size": 2561, "mask_token": 2048}
-    assert ready_message("s1", model) == {
+    capabilities = Capabilities()
+    assert wire(Ready(1, "s1", MODEL, 16000, capabilities)) == {
         "type": "ready",
         "protocol": 1,
         "session": "s1",
-        "model": model,
+        "model": {
+            "name": "m",
+            "sha256": "ab",
+            "codebook_size": 2561,
+            "mask_token": 2048,
+            "token_rate": 25,
+            "whisper": "medium",
+        },
         "sample_rate": 16000,
+        "capabilities": {
+            "text": False,
+            "partials": True,
+            "min_sample_rate": 8000,
+            "max_sample_rate": 48000,
+            "channels": [1, 2],
+            "encodings": ["pcm_s16le", "pcm_f32le"],
+            "llm_formats": ["ichigo", "ichigo-rle"],
+            "limits": {
+                "max_message_bytes": 1 << 20,
+                "max_realtime": 10.0,
+                "realtime_burst_s": 30.0,
+                "max_session_s": 14400.0,
+                "idle_timeout_s": 60.0,
+                "max_pending_segments": 32,
+            },
+        },
     }
-    assert speech_start_message(2, 8000) == {"type": "speech_start", "segment": 2, "start": 0.5}
-    assert partial_message(0, 1600, 9600, [5, 6]) == {
+    assert wire(SpeechStart(2, seconds(8000))) == {
+        "type": "speech_start",
+        "segment": 2,
+        "start": 0.5,
+    }
+    assert wire(Partial(0, seconds(1600), seconds(9600), (5, 6))) == {
         "type": "partial",
         "segment": 0,
         "start": 0.1,
         "end": 0.6,
         "tokens": [5, 6],
     }
-    plain = segment_message(1, 0, 16000, [7], 12.34567)
-    assert plain == {
+    plain = Segment(1, 0.0, 1.0, (7,), endpoint_ms=12.346)
+    assert wire(plain) == {
         "type": "segment",
         "segment": 1,
         "start": 0.0,
@@ -338,24 +372,137 @@ def test_server_message_shapes() -> None:
         "tokens": [7],
         "endpoint_ms": 12.346,
     }
-    full = segment_message(1, 0, 16000, [7], 0.0, text="hi", llm="<|sound_start|>")
+    full = wire(Segment(1, 0.0, 1.0, (7,), text="hi", llm="<|sound_start|>", endpoint_ms=0.0))
     assert (full["text"], full["llm"], full["endpoint_ms"]) == ("hi", "<|sound_start|>", 0.0)
+    # documented order: text and llm come before endpoint_ms
+    assert list(full) == ["type", "segment", "start", "end", "tokens", "text", "llm", "endpoint_ms"]
     # empty text is still text: only None leaves the field out
-    assert segment_message(1, 0, 1, [], 0.0, text="")["text"] == ""
-    assert error_message("bad_audio", "odd") == {
+    assert wire(Segment(1, 0.0, 1.0, (), text="", endpoint_ms=0.0))["text"] == ""
+    assert wire(ErrorMessage("bad_audio", "odd")) == {
         "type": "error",
         "code": "bad_audio",
         "message": "odd",
     }
-    assert error_message("internal", "boom", segment=3)["segment"] == 3
-    assert done_message(4, 12.3456789) == {
-        "type": "done",
-        "segments": 4,
-        "audio_seconds": 12.345679,
-    }
+    assert wire(ErrorMessage("internal", "boom", segment=3))["segment"] == 3
+    assert wire(Done(4, 12.345679)) == {"type": "done", "segments": 4, "audio_seconds": 12.345679}
 
 
-def test_encode_is_compact_json_and_refuses_nan() -> None:
-    assert encode({"type": "done", "segments": 0}) == '{"type":"done","segments":0}'
+def test_to_json_is_compact_and_refuses_nan() -> None:
+    assert Done(0, 1.5).to_json() == '{"type":"done","segments":0,"audio_seconds":1.5}'
+    assert Flush().to_json() == '{"type":"flush"}' and Stop().to_json() == '{"type":"stop"}'
     with pytest.raises(ValueError):
-        encode({"x": math.nan})
+        Done(0, math.nan).to_json()
+
+
+def test_unlimited_limits_go_out_as_null_and_come_back() -> None:
+    limits = SessionLimits(max_realtime=math.inf, max_session_s=math.inf, idle_timeout_s=5.0)
+    ready = Ready(1, "s", MODEL, 16000, Capabilities(text=True, limits=limits))
+    sent = wire(ready)["capabilities"]["limits"]
+    assert (sent["max_realtime"], sent["max_session_s"], sent["idle_timeout_s"]) == (
+        None,
+        None,
+        5.0,
+    )
+    assert parse_server_message(ready.to_json()) == ready
+
+
+# -- the client's reading of server messages ---------------------------------------------------
+
+EXAMPLES = [
+    Ready(1, "3f9c2a7e1b0d4c55", MODEL, 16000, Capabilities()),
+    SpeechStart(0, 0.1),
+    Partial(0, 0.1, 1.1, (1702, 33, 2049)),
+    Segment(0, 0.1, 3.17, (1702, 33), endpoint_ms=0.0),
+    Segment(1, 3.82, 7.22, (), text="", llm="<|sound_start|><|sound_end|>", endpoint_ms=1.5),
+    ErrorMessage("too_fast", "audio is arriving faster than 10x real time"),
+    ErrorMessage("internal", "model failed", segment=4),
+    Done(3, 12.692875),
+]
+
+
+@pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: m.type)
+def test_server_messages_round_trip(message: Any) -> None:
+    assert parse_server_message(message.to_json()) == message
+    assert parse_server_message(wire(message)) == message  # a decoded object too
+    # unknown fields are ignored, at every level (newer servers may add some)
+    extra = {**wire(message), "future": [1, {"x": None}]}
+    if isinstance(message, Ready):
+        extra["model"]["future"] = 1
+        extra["capabilities"]["limits"]["future"] = True
+    assert parse_server_message(json.dumps(extra)) == message
+
+
+def test_integral_times_from_any_server_are_numbers() -> None:
+    parsed = parse_server_message('{"type":"speech_start","segment":0,"start":1}')
+    assert parsed == SpeechStart(0, 1.0) and isinstance(parsed.start, float)
+
+
+def test_unknown_server_message_types_are_ignored() -> None:
+    assert parse_server_message('{"type":"progress","n":1}') is None
+    assert parse_server_message('{"n":1}') is None
+    assert parse_server_message('{"type":["ready"]}') is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"type":"speech_start","segment":0}',  # start missing
+        '{"type":"speech_start","segment":"0","start":0.1}',
+        '{"type":"speech_start","segment":true,"start":0.1}',
+        '{"type":"speech_start","segment":0.0,"start":0.1}',
+        '{"type":"speech_start","segment":0,"start":"0.1"}',
+        '{"type":"speech_start","segment":0,"start":NaN}',
+        '{"type":"speech_start","segment":0,"start":1%s}' % ("0" * 400),  # beyond any float
+        '{"type":"partial","segment":0,"start":0,"end":1,"tokens":"1 2"}',
+        '{"type":"partial","segment":0,"start":0,"end":1,"tokens":[1,2.5]}',
+        '{"type":"segment","segment":0,"start":0,"end":1,"tokens":[1]}',  # endpoint_ms missing
+        '{"type":"segment","segment":0,"start":0,"end":1,"tokens":[1],"endpoint_ms":0,"text":1}',
+        '{"type":"error","code":"x"}',
+        '{"type":"error","code":"x","message":"m","segment":"1"}',
+        '{"type":"done","segments":1}',
+        '{"type":"done","segments":1,"audio_seconds":null}',
+        '{"type":"ready","protocol":1,"session":"s","model":{},"sample_rate":16000}',
+    ],
+)
+def test_malformed_server_messages_are_client_errors(text: str) -> None:
+    with pytest.raises(ClientError, match="malformed"):
+        parse_server_message(text)
+
+
+def test_malformed_ready_fields_are_named() -> None:
+    good = wire(EXAMPLES[0])
+    good["capabilities"]["limits"]["max_pending_segments"] = 1.5
+    with pytest.raises(ClientError, match=r"ready\.capabilities\.limits\.max_pending_segments"):
+        parse_server_message(json.dumps(good))
+    good = wire(EXAMPLES[0])
+    good["capabilities"]["encodings"] = ["pcm_s16le", 2]
+    with pytest.raises(ClientError, match=r"ready\.capabilities\.encodings\[1\]"):
+        parse_server_message(json.dumps(good))
+
+
+@pytest.mark.parametrize("text", ["not json", "[]", '"ready"', "null", "[" * 100_000])
+def test_server_text_that_is_no_object_is_a_client_error(text: str) -> None:
+    with pytest.raises(ClientError):
+        parse_server_message(text)
+
+
+# -- the client's start message ----------------------------------------------------------------
+
+
+def test_start_to_json_is_read_back_as_the_same_options() -> None:
+    options = StartOptions(
+        sample_rate=44100,
+        encoding="pcm_f32le",
+        channels=2,
+        partials=True,
+        partial_interval_ms=250,
+        text=True,
+        language="vi",
+        llm_format="ichigo",
+        vad=VadOptions(aggressiveness=3, min_silence_ms=700, max_segment_s=12.5, frame_ms=20),
+        offset=61.25,
+    )
+    for opts in (options, StartOptions()):
+        assert parse_message(Start(opts).to_json()) == Start(opts)
+    assert parse_message(Flush().to_json()) == Flush()
+    assert parse_message(Stop().to_json()) == Stop()

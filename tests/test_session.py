@@ -9,6 +9,7 @@ which audio); the model's own tokens are covered by test_model.py and test_pipel
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -24,7 +25,9 @@ import soundfile as sf
 from ichigo_stream.assets import sample_path
 from ichigo_stream.audio import float32_to_pcm16, pcm16_to_float32, resample
 from ichigo_stream.constants import SAMPLE_RATE
-from ichigo_stream.protocol import CloseCode, ProtocolError, encode
+from ichigo_stream.errors import CloseCode, ProtocolError
+from ichigo_stream.messages import Capabilities, ErrorMessage
+from ichigo_stream.model_info import ModelInfo
 from ichigo_stream.segmentation import VadOptions, segment_vad
 from ichigo_stream.session import (
     Action,
@@ -40,14 +43,14 @@ from ichigo_stream.session import (
 from ichigo_stream.tokens import format_tokens
 
 SAMPLE_WAV = sample_path()
-MODEL = {
-    "name": "fake.pth",
-    "sha256": "0" * 64,
-    "codebook_size": 2561,
-    "mask_token": 2048,
-    "token_rate": 25,
-    "whisper": "medium",
-}
+MODEL = ModelInfo(
+    name="fake.pth",
+    sha256="0" * 64,
+    codebook_size=2561,
+    mask_token=2048,
+    token_rate=25,
+    whisper="medium",
+)
 Speak = Callable[..., np.ndarray]  # the conftest fixture: speak(text) -> float32 16 kHz
 TIME_KEYS = ("start", "end")
 
@@ -104,9 +107,8 @@ class Driver:
     closed: Close | None = None
 
     def __post_init__(self) -> None:
-        self.session = ServerSession(
-            "sess1", MODEL, self.limits, self.now, text_available=self.text_available
-        )
+        capabilities = Capabilities(text=self.text_available, limits=self.limits)
+        self.session = ServerSession("sess1", MODEL, capabilities, self.now)
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -116,7 +118,7 @@ class Driver:
             self.actions.append(action)
             if isinstance(action, Send):
                 # what the socket layer would send: must be valid (NaN-free) JSON
-                self.sent.append(json.loads(encode(action.message)))
+                self.sent.append(json.loads(action.message.to_json()))
             elif isinstance(action, Submit):
                 job = action.job
                 self.submitted.append(job)
@@ -229,9 +231,45 @@ def test_ready_is_first_and_describes_the_model() -> None:
     d = Driver()
     d.start()
     assert d.sent == [
-        {"type": "ready", "protocol": 1, "session": "sess1", "model": MODEL, "sample_rate": 16000}
+        {
+            "type": "ready",
+            "protocol": 1,
+            "session": "sess1",
+            "model": dataclasses.asdict(MODEL),
+            "sample_rate": 16000,
+            "capabilities": json.loads(json.dumps(dataclasses.asdict(Capabilities()))),
+        }
     ]
     assert d.session.state == "streaming" and d.closed is None
+
+
+@pytest.mark.parametrize("text", [False, True])
+def test_ready_announces_the_capabilities_the_session_enforces(text: bool) -> None:
+    limits = SessionLimits(max_message_bytes=4096, max_realtime=math.inf, idle_timeout_s=7.0)
+    d = Driver(limits=limits, text_available=text)
+    d.start()
+    sent = d.sent[0]["capabilities"]
+    assert sent["text"] is text and sent["partials"] is True
+    assert (sent["min_sample_rate"], sent["max_sample_rate"]) == (8000, 48000)
+    assert sent["encodings"] == ["pcm_s16le", "pcm_f32le"]
+    assert sent["llm_formats"] == ["ichigo", "ichigo-rle"]
+    assert sent["limits"] == {
+        "max_message_bytes": 4096,
+        "max_realtime": None,  # no limit (JSON has no infinity)
+        "realtime_burst_s": 30.0,
+        "max_session_s": 14400.0,
+        "idle_timeout_s": 7.0,
+        "max_pending_segments": 32,
+    }
+    # ... and they are the ones it applies: text as announced, the announced message size
+    asks_text = Driver(limits=limits, text_available=text)
+    asks_text.start(text=True)
+    if text:
+        assert asks_text.of_type("ready") and asks_text.closed is None
+    else:
+        assert asks_text.error() == ("unsupported", CloseCode.UNSUPPORTED_DATA)
+    d.text('{"type": "flush", "pad": "%s"}' % ("x" * 4096))
+    assert d.error() == ("too_large", CloseCode.MESSAGE_TOO_BIG)
 
 
 @pytest.mark.parametrize(
@@ -986,11 +1024,9 @@ def test_fail_cancels_outstanding_jobs(sample: np.ndarray) -> None:
     pending = d.session.pending_jobs()
     assert {j.kind for j in pending} == {"final", "partial"}
     actions = d.apply(d.session.fail(ProtocolError("internal", "worker died")))
-    assert isinstance(actions[0], Send) and actions[0].message == {
-        "type": "error",
-        "code": "internal",
-        "message": "worker died",
-    }
+    assert isinstance(actions[0], Send) and actions[0].message == ErrorMessage(
+        "internal", "worker died"
+    )
     assert [a.job for a in actions if isinstance(a, Cancel)] == pending
     assert actions[-1] == Close(CloseCode.INTERNAL_ERROR, "internal")
     assert d.session.pending_jobs() == []
@@ -998,6 +1034,28 @@ def test_fail_cancels_outstanding_jobs(sample: np.ndarray) -> None:
     assert all(d.session.job_done(j, fake_result(j), d.now) == [] for j in pending)
     assert d.session.fail(ProtocolError("internal", "again")) == []
     assert d.session.receive(b"\0\0", d.now) == []
+
+
+def test_connection_lost_cancels_outstanding_jobs_and_closes(sample: np.ndarray) -> None:
+    d = Driver(auto=False)
+    d.start(partials=True)
+    d.audio(sample[: samples(8.5)].tobytes())  # segment 1 closed, segment 2 open
+    pending = d.session.pending_jobs()
+    assert {j.kind for j in pending} == {"final", "partial"}
+    sent = len(d.sent)
+    actions = d.session.connection_lost(d.now)
+    # nothing to send (the socket is gone), no Close (the I/O layer knows): only cancels
+    assert actions == [Cancel(job) for job in pending]
+    assert d.session.state == "closed" and d.session.pending_jobs() == []
+    assert all(d.session.job_done(j, fake_result(j), d.now) == [] for j in pending)
+    assert d.session.connection_lost(d.now) == []  # once
+    assert d.session.receive(b"\0\0", d.now) == [] and len(d.sent) == sent
+
+
+def test_connection_lost_after_done_does_nothing(sample: np.ndarray) -> None:
+    d = streamed(sample[: samples(4.0)].tobytes())
+    assert d.session.state == "closed"
+    assert d.session.connection_lost(d.now) == []
 
 
 # -- bounded memory --------------------------------------------------------------------------

@@ -2,8 +2,14 @@
 // Plain ES module, no build step, nothing fetched from anywhere but the serving host.
 
 import { LLM_FORMATS, formatTokens } from "./llm-format.js";
+import {
+  MessageError,
+  SAMPLE_RATE, // what the worklet sends, and the protocol's timeline rate
+  parseServerMessage,
+  startMessage,
+  stopMessage,
+} from "./protocol.js";
 
-const SAMPLE_RATE = 16000; // what the worklet sends, and the protocol's timeline rate
 const CHUNK_MS = 40; // PCM chunk length posted by the worklet and sent per message
 const GOLDEN_ANGLE = 137.50776405003785; // degrees: neighbouring ids get far-apart hues
 const STOP_TIMEOUT_MS = 20000; // after stop, wait this long for `done` before closing
@@ -71,7 +77,12 @@ ui.wsUrl.textContent = streamUrl().replace(/([?&]token=)[^&]*/, "$1…");
 // -- state -----------------------------------------------------------------------------------
 
 let run = null; // the current capture + connection; a new Start makes a new one
-let textUnavailable = false; // the server said it runs without --text
+let capabilities = null; // what the server can do, from its latest ready (null: not known yet)
+
+/** Whether the server decodes text: assumed until a ready says otherwise. */
+function textAvailable() {
+  return capabilities === null || capabilities.text;
+}
 
 const STATE_LABELS = {
   idle: "Idle",
@@ -93,7 +104,7 @@ function setState(r, state, detail) {
   ui.startLabel.textContent = active ? "Stop" : "Start";
   ui.start.disabled = state === "stopping";
   ui.options.disabled = active;
-  ui.text.disabled = active || textUnavailable;
+  ui.text.disabled = active || !textAvailable();
   document.body.dataset.state = state;
   if (!active) setSpeech(false);
 }
@@ -120,17 +131,18 @@ ui.start.addEventListener("click", () => {
   else start();
 });
 
-function readOptions() {
+function readOptions(withText = true) {
   return {
     partials: ui.partials.checked,
-    text: ui.text.checked && !textUnavailable,
+    text: withText && ui.text.checked && textAvailable(),
     llmFormat: ui.llm.value,
   };
 }
 
-function newRun(options) {
+function newRun(options, refused) {
   return {
     options,
+    refused, // the error that refused the previous run's start (it asked for text), or null
     state: "idle",
     ws: null,
     opened: false, // the socket opened
@@ -156,10 +168,10 @@ function newRun(options) {
   };
 }
 
-async function start() {
+async function start(refused = null) {
   clearError();
   resetView();
-  const r = (run = newRun(readOptions()));
+  const r = (run = newRun(readOptions(refused === null), refused));
   setState(r, "connecting");
   ui.captionPanel.hidden = !r.options.text;
   if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
@@ -199,7 +211,7 @@ function sendStop(r) {
   closeCapture(r);
   const ws = r.ws;
   if (ws && ws.readyState === WebSocket.OPEN && r.startSent) {
-    ws.send(JSON.stringify({ type: "stop" }));
+    ws.send(stopMessage());
     r.timers.push(
       setTimeout(() => {
         if (ws.readyState !== WebSocket.CLOSED) ws.close(1000, "no done after stop");
@@ -385,14 +397,16 @@ function openSocket(r) {
   ws.addEventListener("open", () => {
     if (r !== run) return ws.close(1000, "superseded");
     r.opened = true;
+    // An LLM format the server does not render is rendered here from the tokens instead.
+    const format = r.options.llmFormat;
+    const serverLlm = capabilities === null || capabilities.llm_formats.includes(format);
     ws.send(
-      JSON.stringify({
-        type: "start",
+      startMessage({
         sample_rate: SAMPLE_RATE,
         encoding: "pcm_s16le",
         partials: r.options.partials,
         text: r.options.text,
-        llm_format: r.options.llmFormat,
+        llm_format: serverLlm ? format : null,
       }),
     );
     r.startSent = true;
@@ -404,11 +418,13 @@ function openSocket(r) {
     if (r !== run || typeof event.data !== "string") return;
     let message;
     try {
-      message = JSON.parse(event.data);
-    } catch {
+      message = parseServerMessage(event.data);
+    } catch (error) {
+      if (!(error instanceof MessageError)) throw error;
+      fail(r, "Protocol error", error.message);
       return;
     }
-    onMessage(r, message);
+    if (message !== null) onMessage(r, message); // null: a newer server's message, ignored
   });
   ws.addEventListener("close", (event) => onClose(r, event));
 }
@@ -416,12 +432,14 @@ function openSocket(r) {
 function onMessage(r, m) {
   switch (m.type) {
     case "ready":
-      r.model = m.model || {};
-      r.maskToken = Number.isInteger(r.model.mask_token) ? r.model.mask_token : null;
-      r.tokenRate = r.model.token_rate || 25;
+      r.model = m.model;
+      r.maskToken = m.model.mask_token;
+      r.tokenRate = m.model.token_rate;
       r.session = m.session;
+      capabilities = m.capabilities;
       updateModelLine(r);
       if (!r.stopRequested) setState(r, "streaming");
+      if (r.refused) explainRefusal(r);
       break;
     case "speech_start":
       setSpeech(true);
@@ -469,24 +487,29 @@ function onServerError(r, m) {
     return;
   }
   r.fatal = true;
-  if (m.code === "unsupported" && r.options.text && /text/i.test(m.message)) {
-    // The server runs without --text: say so, switch text off and start again without it.
-    textUnavailable = true;
-    ui.text.checked = false;
-    showError("Text is not available", `${NO_TEXT} Restarting without text…`, "warn");
+  if (m.code === "unsupported" && r.options.text && capabilities === null) {
+    // Most likely a server without --text. Its ready says for sure (capabilities.text), so
+    // start again without text and let explainRefusal() read the answer.
+    showError("Options refused", "Starting again without text…", "warn");
     const again = r;
     finish(again);
     setTimeout(() => {
-      if (run !== again) return;
-      start().then(() => {
-        if (run && run.state !== "error") {
-          showError("Text is not available", NO_TEXT, "warn");
-        }
-      });
+      if (run === again) start(m);
     }, 300);
     return;
   }
   showError(`Server error: ${m.code}`, m.message);
+}
+
+/** The ready after a refused start: was it text? The server's capabilities tell. */
+function explainRefusal(r) {
+  if (!capabilities.text) {
+    ui.text.checked = false;
+    showError("Text is not available", NO_TEXT, "warn");
+  } else {
+    const refused = r.refused; // not text: something this page sent is unsupported
+    fail(r, `Server error: ${refused.code}`, refused.message);
+  }
 }
 
 function onClose(r, event) {
