@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import os
 import signal
 import ssl
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -24,11 +26,13 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from ichigo_stream.cli_common import EXIT_OK
 from ichigo_stream.errors import IchigoStreamError
 from ichigo_stream.loading import ModelInfo, load_tokenizer
 from ichigo_stream.model import IchigoTokenizer
 from ichigo_stream.pipeline import default_batch_size
 from ichigo_stream.protocol import STREAM_PATH, CloseCode, ProtocolError, encode
+from ichigo_stream.server_process import ServerReady
 from ichigo_stream.session import Action, Cancel, Close, Job, JobResult, Send, ServerSession, Submit
 
 from .config import ServerConfig
@@ -42,6 +46,7 @@ CONTENT_TYPES = {
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css",
 }
+FORCE_CLOSE_S = 1.0  # on a forced exit, how long a client may take to answer the close frame
 
 
 class _Connection:
@@ -57,8 +62,6 @@ class StreamServer:
         self.config = config
         self.info = info
         self.metrics = ServerMetrics()
-        if config.threads:
-            torch.set_num_threads(config.threads)
         self.worker = ModelWorker(
             tokenizer,
             self._result_from_worker,
@@ -135,8 +138,36 @@ class StreamServer:
             )
         if self._ticker:
             self._ticker.cancel()
-        remaining = max(1.0, deadline - self._loop.time())
-        await asyncio.to_thread(self.worker.stop, remaining)
+        # Wait for the worker here, not in asyncio.to_thread: a forced exit cancels this
+        # wait, and asyncio.run would still wait for an executor thread joining the worker.
+        self.worker.request_stop()
+        worker_deadline = max(deadline, self._loop.time() + 1.0)
+        while self.worker.alive and self._loop.time() < worker_deadline:
+            await asyncio.sleep(0.02)
+
+    async def force_close(self) -> None:
+        """A second signal during the drain: close every connection with 1001 now, exit.
+
+        Each client gets FORCE_CLOSE_S to answer the close frame; after that its connection
+        is dropped. The worker is told to stop but not waited for (its thread is a daemon).
+        """
+        assert self._server is not None
+        self.draining = True
+        self._server.close(close_connections=False)
+        if self._ticker:
+            self._ticker.cancel()
+        self.worker.request_stop()
+        connections = list(self.connections.values())
+        closing = [
+            asyncio.create_task(conn.ws.close(CloseCode.GOING_AWAY, "server shutting down"))
+            for conn in connections
+        ]
+        if closing:
+            _, late = await asyncio.wait(closing, timeout=FORCE_CLOSE_S)
+            for task in late:
+                task.cancel()
+        for conn in connections:
+            conn.ws.transport.abort()  # no-op for a connection that is already closed
 
     # -- HTTP on the same port -----------------------------------------------------------
 
@@ -178,10 +209,7 @@ class StreamServer:
         return any(hmac.compare_digest(c.encode(), expected) for c in candidates)
 
     def _render_metrics(self) -> str:
-        stats = self.worker.stats
-        sizes, stats.batch_sizes = stats.batch_sizes, []
-        for size in sizes:
-            self.metrics.batch_size.observe(size)
+        stats = self.worker.stats_snapshot()
         gauges = {
             "ichigo_sessions": ("Open WebSocket sessions.", len(self.connections)),
             "ichigo_queue_depth": ("Jobs waiting for the model worker.", self.worker.queue_depth),
@@ -194,7 +222,10 @@ class StreamServer:
             "ichigo_partials_shed_total": ("Partial jobs dropped under load.", stats.partials_shed),
             "ichigo_model_jobs_failed_total": ("Model jobs that raised.", stats.jobs_failed),
         }
-        return self.metrics.render(gauges, counters)
+        histograms = {
+            "ichigo_batch_size": ("Clips per encoder batch.", stats.batch_size),
+        }
+        return self.metrics.render(gauges, counters, histograms)
 
     # -- WebSocket sessions ----------------------------------------------------------------
 
@@ -340,9 +371,13 @@ def _response(status: int, body: str, content_type: str) -> Response:
 async def running_server(
     config: ServerConfig, tokenizer: IchigoTokenizer, info: ModelInfo
 ) -> AsyncIterator[StreamServer]:
-    """A started server that drains on exit (tests and embedding)."""
+    """A warmed-up, started server that drains on exit (run_server, tests, embedding).
+
+    Warm-up is model work: it runs in a worker thread, so the event loop (other servers'
+    sessions in an embedding process, the signal handlers) never waits for it.
+    """
     server = StreamServer(config, tokenizer, info)
-    server.worker.warm_up(text=config.text)
+    await asyncio.to_thread(server.worker.warm_up, text=config.text)
     await server.start()
     try:
         yield server
@@ -351,27 +386,91 @@ async def running_server(
             await server.drain()
 
 
+class _Signals:
+    """SIGTERM/SIGINT on the event loop: the first asks for a drain, a second forces exit."""
+
+    def __init__(self) -> None:
+        self.drain = asyncio.Event()
+        self.force = asyncio.Event()
+        self.forced_by: int | None = None
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._received, signum)
+
+    def _received(self, signum: int) -> None:
+        if not self.drain.is_set():
+            self.drain.set()
+        elif self.forced_by is None:
+            self.forced_by = signum
+            log.warning("second %s: closing every session now", signal.Signals(signum).name)
+            self.force.set()
+
+
 async def _serve_until_signalled(
     config: ServerConfig, tokenizer: IchigoTokenizer, info: ModelInfo
-) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+) -> tuple[int, ModelWorker]:
+    """Serve until a signal, drain; the exit status (see run_server) and the worker."""
+    signals = _Signals()
+    signals.install(asyncio.get_running_loop())
     async with running_server(config, tokenizer, info) as server:
-        scheme = "wss" if config.certfile else "ws"
-        log.info("serving %s://%s:%d%s", scheme, config.host, server.port, STREAM_PATH)
-        print(
-            f"ichigo-stream: serving {scheme}://{config.host}:{server.port}{STREAM_PATH}",
-            flush=True,
-        )
-        await stop.wait()
-        log.info("draining %d session(s)", len(server.connections))
-        await server.drain()
+        ready = ServerReady.at(config.host, server.port, tls=bool(config.certfile), pid=os.getpid())
+        try:
+            _announce(ready, config.ready_file)
+            await signals.drain.wait()
+            log.info("draining %d session(s)", len(server.connections))
+            drain = asyncio.create_task(server.drain())
+            forced = asyncio.create_task(signals.force.wait())
+            await asyncio.wait({drain, forced}, return_when=asyncio.FIRST_COMPLETED)
+            if drain.done():
+                forced.cancel()
+                drain.result()
+                return EXIT_OK, server.worker
+            drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await drain
+            await server.force_close()
+            assert signals.forced_by is not None
+            return 128 + signals.forced_by, server.worker
+        finally:
+            if config.ready_file:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(config.ready_file)
 
 
-def run_server(config: ServerConfig) -> None:
-    """load -> warm up -> serve -> drain on SIGTERM/SIGINT."""
+def _announce(ready: ServerReady, ready_file: str | None) -> None:
+    """Readiness, machine-readable (docs/protocol.md, "Server readiness"): the ready file and
+    one JSON line on stdout; the human line goes to the log (stderr)."""
+    log.info("serving %s (page %s)", ready.url, ready.page_url)
+    if ready_file:
+        ready.write(ready_file)
+    print(ready.event_line(), flush=True)
+
+
+def configure_torch(config: ServerConfig) -> None:
+    """Process-wide torch settings, once, at start-up, before the model loads."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+
+
+def run_server(config: ServerConfig) -> int:
+    """load -> warm up -> serve -> drain on SIGTERM/SIGINT; returns the exit status.
+
+    0 after a drain; 128 + the signal's number (130 for SIGINT, 143 for SIGTERM) when a
+    second signal cut the drain short, the shell's status for a process ended by a signal.
+    """
+    configure_torch(config)
     log.info("loading %s", config.load.model)
     tokenizer, info = load_tokenizer(config.load, text=config.text)
-    asyncio.run(_serve_until_signalled(config, tokenizer, info))
+    status, worker = asyncio.run(_serve_until_signalled(config, tokenizer, info))
+    if worker.alive:
+        # The worker is still inside a model call (a forced exit, or a batch that outlived
+        # the drain timeout). Tearing the interpreter down under a running torch thread
+        # aborts the process (SIGABRT, "terminate called without an active exception"):
+        # end it here instead, everything else being closed and flushed.
+        log.warning("exiting with the model worker still busy")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status

@@ -28,6 +28,7 @@ class ServerConfig:
     keyfile: str | None = None
     limits: SessionLimits = field(default_factory=SessionLimits)
     drain_timeout_s: float = 30.0
+    ready_file: str | None = None  # where to announce readiness (docs/protocol.md)
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -136,6 +137,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add("--idle-timeout-s", type=positive, default=_env("idle_timeout_s", "60"))
     drain = _number(float, 0, 86_400)  # finite: the worker thread is joined with what is left
     add("--drain-timeout-s", type=drain, default=_env("drain_timeout_s", "30"))
+    add(
+        "--ready-file",
+        default=_env("ready_file"),
+        metavar="PATH",
+        help="once listening and warmed up, write the ready JSON object here (atomically); "
+        "removed on exit",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -165,4 +173,5 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             idle_timeout_s=args.idle_timeout_s,
         ),
         drain_timeout_s=args.drain_timeout_s,
+        ready_file=args.ready_file,
     )
