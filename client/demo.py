@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import re
-import signal
 import subprocess
 import sys
 
 from ichigo_stream.assets import sample_path
 from ichigo_stream.cli_common import EXIT_ERROR, EXIT_OK, PROG, Command, error_line
+from ichigo_stream.errors import IchigoStreamError
+from ichigo_stream.server_process import ServerProcess
 
 from .send import send_file
 
 SAMPLE = sample_path()
-SERVING = re.compile(r"serving (wss?://\S+)")
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,34 +33,25 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     add("--no-text", action="store_true", help="tokens only: skip loading Whisper's decoder")
 
 
-def _server_command(args: argparse.Namespace) -> list[str]:
-    command = [sys.executable, "-m", "ichigo_stream", "serve", "--host", "127.0.0.1", "--port", "0"]
+def _serve_args(args: argparse.Namespace) -> list[str]:
+    serve_args = ["--host", "127.0.0.1", "--port", "0"]
     for flag in ("model", "whisper", "device", "dtype"):
         if getattr(args, flag):
-            command += [f"--{flag}", getattr(args, flag)]
-    return command if args.no_text else [*command, "--text"]
-
-
-def _wait_until_serving(server: subprocess.Popen[str]) -> str | None:
-    """The server's stream URL once it serves, or None if it exited first (it said why)."""
-    assert server.stdout is not None
-    for line in server.stdout:
-        match = SERVING.search(line)
-        if match:
-            return match.group(1)
-    return None
+            serve_args += [f"--{flag}", getattr(args, flag)]
+    return serve_args if args.no_text else [*serve_args, "--text"]
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     print(f"{PROG}: starting the server (loading the model)...", file=sys.stderr, flush=True)
-    server = subprocess.Popen(
-        _server_command(args), stdout=subprocess.PIPE, text=True, env=os.environ.copy()
-    )
+    # Its log (and why it failed, if it does) goes to our stderr; its stdout holds only the
+    # ready line, which the launcher reads from the ready file instead.
+    server = ServerProcess(_serve_args(args), stdout=subprocess.DEVNULL)
     try:
-        url = _wait_until_serving(server)
-        if url is None:
-            error_line(f"the server did not start (exit status {server.wait()}); see above")
-            return EXIT_ERROR
+        url = server.start().url
+    except IchigoStreamError as e:
+        error_line(f"the server did not start ({e}); see above")
+        return EXIT_ERROR
+    try:
         print(f"{PROG}: streaming {args.file} to {url}", file=sys.stderr, flush=True)
         send_args = argparse.Namespace(
             file=args.file,
@@ -81,12 +70,7 @@ def _run_demo(args: argparse.Namespace) -> int:
             print(f"{PROG}: done: {done.segments} segment(s), {done.audio_seconds:.2f} s of audio")
         return EXIT_OK
     finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        server.stop(timeout_s=60)  # SIGTERM: it drains; SIGKILL if it has not exited by then
 
 
 DEMO_COMMAND = Command(
