@@ -137,7 +137,10 @@ class ModelWorker:
         return self._thread.is_alive() and not stalled
 
     def warm_up(self, text: bool = False) -> None:
-        """One real batch before serving, so the first client does not pay for lazy init."""
+        """One real batch before serving, so the first client does not pay for lazy init.
+
+        Model work on the calling thread: call it off the event loop (running_server does).
+        """
         silence = torch.zeros(16_000)
         tokens = self.tokenizer.quantize([silence] * min(2, self.max_batch))
         if text and self.tokenizer.has_text_model:

@@ -22,7 +22,7 @@ from ichigo_stream.loading import LoadOptions, load_tokenizer
 from ichigo_stream.model import IchigoTokenizer
 from ichigo_stream.model_info import ModelInfo
 from ichigo_stream.session import Job, JobResult
-from ichigo_stream_server.app import running_server
+from ichigo_stream_server.app import StreamServer, configure_torch, running_server
 from ichigo_stream_server.config import ServerConfig
 from ichigo_stream_server.metrics import BATCH_BUCKETS, Histogram
 from ichigo_stream_server.worker import ModelWorker, WorkerStats
@@ -78,7 +78,14 @@ def run(worker: ModelWorker, jobs: list[Job], expected_results: int) -> list[tup
 
 def test_finals_never_share_a_batch_with_partials(tokenizer: IchigoTokenizer) -> None:
     model = Recording(tokenizer)
-    worker = ModelWorker(model, lambda j, r: None, max_batch=8)  # type: ignore[arg-type]
+    # Partials wait behind the finals' batch; on a loaded machine that can take longer than
+    # the default 2 s age limit, which would shed them: this test is about batching, not age.
+    worker = ModelWorker(
+        model,  # type: ignore[arg-type]
+        lambda j, r: None,
+        max_batch=8,
+        partial_max_age_s=600,
+    )
     finals = [job(f"s{i}", "final", 16_000 + i) for i in range(3)]
     partials = [job(f"p{i}", "partial", 8_000 + i) for i in range(5)]
     results = run(worker, partials + finals, expected_results=8)
@@ -191,3 +198,49 @@ def test_stats_stay_one_size_over_thousands_of_batches_and_metrics_count_every_o
     assert count == len(batches) and total == n_jobs == sum(batches)
     expected = {str(b): sum(1 for n in batches if n <= b) for b in BATCH_BUCKETS}
     assert buckets == {**expected, "+Inf": len(batches)}
+
+
+# -- start-up: warm-up off the event loop, torch threads from the config -----------------------
+
+
+@pytest.mark.timeout(60)
+def test_warm_up_runs_off_the_event_loop(loaded: tuple[IchigoTokenizer, ModelInfo]) -> None:
+    """The warm-up batch waits for a task on the event loop: run on the loop, it would wait
+    for itself (and time out); run on a worker thread, the loop is free to set the gate."""
+    tokenizer, info = loaded
+    gate = threading.Event()
+    threads: list[threading.Thread] = []
+
+    class Gated(Instant):
+        def quantize(self, clips: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+            threads.append(threading.current_thread())
+            assert gate.wait(20), "the event loop was blocked during the warm-up"
+            return super().quantize(clips)
+
+    async def main() -> threading.Thread:
+        loop_thread = threading.current_thread()
+        asyncio.get_running_loop().call_later(0.1, gate.set)
+        config = ServerConfig(port=0, max_batch=2)
+        async with running_server(config, Gated(tokenizer), info):  # type: ignore[arg-type]
+            pass
+        return loop_thread
+
+    loop_thread = asyncio.run(main())
+    assert threads and loop_thread not in threads
+
+
+def test_torch_threads_are_set_at_start_up_not_by_the_server(
+    loaded: tuple[IchigoTokenizer, ModelInfo],
+) -> None:
+    tokenizer, info = loaded
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    try:
+        StreamServer(ServerConfig(threads=other), tokenizer, info)  # constructs, sets nothing
+        assert torch.get_num_threads() == before
+        configure_torch(ServerConfig(threads=None))  # None: torch's default stays
+        assert torch.get_num_threads() == before
+        configure_torch(ServerConfig(threads=other))
+        assert torch.get_num_threads() == other
+    finally:
+        torch.set_num_threads(before)
