@@ -1,8 +1,8 @@
 """The asyncio layer: websockets connections <-> ServerSession, the model worker, HTTP routes.
 
 Thin on purpose: protocol decisions live in ichigo_stream.session (sans-I/O); this module
-moves bytes, time and results between the socket, the session and the worker. Lifecycle
-(run_server): load -> warm up -> serve -> drain on SIGTERM/SIGINT within a timeout.
+moves bytes, time and results between the socket, the session and the worker. The serve
+process around it (signals, readiness, exit status) is server.lifecycle.
 """
 
 from __future__ import annotations
@@ -11,28 +11,22 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import os
-import signal
 import ssl
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-import torch
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from ichigo_stream.cli_common import EXIT_OK
 from ichigo_stream.errors import IchigoStreamError
-from ichigo_stream.loading import ModelInfo, load_tokenizer
+from ichigo_stream.loading import ModelInfo
 from ichigo_stream.model import IchigoTokenizer
 from ichigo_stream.pipeline import default_batch_size
 from ichigo_stream.protocol import STREAM_PATH, CloseCode, ProtocolError, encode
-from ichigo_stream.server_process import ServerReady
 from ichigo_stream.session import Action, Cancel, Close, Job, JobResult, Send, ServerSession, Submit
 
 from .config import ServerConfig
@@ -384,93 +378,3 @@ async def running_server(
     finally:
         if not server.draining:
             await server.drain()
-
-
-class _Signals:
-    """SIGTERM/SIGINT on the event loop: the first asks for a drain, a second forces exit."""
-
-    def __init__(self) -> None:
-        self.drain = asyncio.Event()
-        self.force = asyncio.Event()
-        self.forced_by: int | None = None
-
-    def install(self, loop: asyncio.AbstractEventLoop) -> None:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self._received, signum)
-
-    def _received(self, signum: int) -> None:
-        if not self.drain.is_set():
-            self.drain.set()
-        elif self.forced_by is None:
-            self.forced_by = signum
-            log.warning("second %s: closing every session now", signal.Signals(signum).name)
-            self.force.set()
-
-
-async def _serve_until_signalled(
-    config: ServerConfig, tokenizer: IchigoTokenizer, info: ModelInfo
-) -> tuple[int, ModelWorker]:
-    """Serve until a signal, drain; the exit status (see run_server) and the worker."""
-    signals = _Signals()
-    signals.install(asyncio.get_running_loop())
-    async with running_server(config, tokenizer, info) as server:
-        ready = ServerReady.at(config.host, server.port, tls=bool(config.certfile), pid=os.getpid())
-        try:
-            _announce(ready, config.ready_file)
-            await signals.drain.wait()
-            log.info("draining %d session(s)", len(server.connections))
-            drain = asyncio.create_task(server.drain())
-            forced = asyncio.create_task(signals.force.wait())
-            await asyncio.wait({drain, forced}, return_when=asyncio.FIRST_COMPLETED)
-            if drain.done():
-                forced.cancel()
-                drain.result()
-                return EXIT_OK, server.worker
-            drain.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await drain
-            await server.force_close()
-            assert signals.forced_by is not None
-            return 128 + signals.forced_by, server.worker
-        finally:
-            if config.ready_file:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(config.ready_file)
-
-
-def _announce(ready: ServerReady, ready_file: str | None) -> None:
-    """Readiness, machine-readable (docs/protocol.md, "Server readiness"): the ready file and
-    one JSON line on stdout; the human line goes to the log (stderr)."""
-    log.info("serving %s (page %s)", ready.url, ready.page_url)
-    if ready_file:
-        ready.write(ready_file)
-    print(ready.event_line(), flush=True)
-
-
-def configure_torch(config: ServerConfig) -> None:
-    """Process-wide torch settings, once, at start-up, before the model loads."""
-    if config.threads:
-        torch.set_num_threads(config.threads)
-
-
-def run_server(config: ServerConfig) -> int:
-    """load -> warm up -> serve -> drain on SIGTERM/SIGINT; returns the exit status.
-
-    0 after a drain; 128 + the signal's number (130 for SIGINT, 143 for SIGTERM) when a
-    second signal cut the drain short, the shell's status for a process ended by a signal.
-    """
-    configure_torch(config)
-    log.info("loading %s", config.load.model)
-    tokenizer, info = load_tokenizer(config.load, text=config.text)
-    status, worker = asyncio.run(_serve_until_signalled(config, tokenizer, info))
-    if worker.alive:
-        # The worker is still inside a model call (a forced exit, or a batch that outlived
-        # the drain timeout). Tearing the interpreter down under a running torch thread
-        # aborts the process (SIGABRT, "terminate called without an active exception"):
-        # end it here instead, everything else being closed and flushed.
-        log.warning("exiting with the model worker still busy")
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
-    return status

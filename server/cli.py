@@ -30,7 +30,7 @@ ICHIGO_TOKEN, ICHIGO_ALLOW_ORIGIN="https://a.example https://b.example"); flags 
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from .app import run_server  # imports torch: only when serving
+    from .lifecycle import run_server  # imports torch: only when serving
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return run_server(config_from_args(args))

@@ -22,8 +22,9 @@ from ichigo_stream.loading import LoadOptions, load_tokenizer
 from ichigo_stream.model import IchigoTokenizer
 from ichigo_stream.model_info import ModelInfo
 from ichigo_stream.session import Job, JobResult
-from ichigo_stream_server.app import StreamServer, configure_torch, running_server
+from ichigo_stream_server.app import StreamServer, running_server
 from ichigo_stream_server.config import ServerConfig
+from ichigo_stream_server.lifecycle import configure_torch
 from ichigo_stream_server.metrics import BATCH_BUCKETS, Histogram
 from ichigo_stream_server.worker import ModelWorker, WorkerStats
 
