@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import re
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -25,12 +22,13 @@ from ichigo_stream.cli_common import (
     add_device_arguments,
     error_line,
 )
+from ichigo_stream.errors import IchigoStreamError
+from ichigo_stream.server_process import ServerProcess
 
 from .common import speed_arg
 from .send import SendOptions, send_file
 
 SAMPLE = sample_path()
-SERVING = re.compile(r"serving (wss?://\S+)")
 
 
 @dataclass(frozen=True)
@@ -74,39 +72,29 @@ def demo_options(args: argparse.Namespace) -> DemoOptions:
     )
 
 
-def _server_command(options: DemoOptions) -> list[str]:
-    command = [sys.executable, "-m", "ichigo_stream", "serve", "--host", "127.0.0.1", "--port", "0"]
+def _serve_args(options: DemoOptions) -> list[str]:
     # A private server on a loopback port: no secret, whatever ICHIGO_AUTH_TOKEN says (the
     # demo's client sends none).
-    command += ["--auth-token", ""]
+    serve_args = ["--host", "127.0.0.1", "--port", "0", "--auth-token", ""]
     for flag in ("model", "whisper", "device", "dtype"):
         value = getattr(options, flag)
         if value:
-            command += [f"--{flag}", value]
-    return [*command, "--text"] if options.text else command
-
-
-def _wait_until_serving(server: subprocess.Popen[str]) -> str | None:
-    """The server's stream URL once it serves, or None if it exited first (it said why)."""
-    assert server.stdout is not None
-    for line in server.stdout:
-        match = SERVING.search(line)
-        if match:
-            return match.group(1)
-    return None
+            serve_args += [f"--{flag}", value]
+    return [*serve_args, "--text"] if options.text else serve_args
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     options = demo_options(args)
     print(f"{PROG}: starting the server (loading the model)...", file=sys.stderr, flush=True)
-    server = subprocess.Popen(
-        _server_command(options), stdout=subprocess.PIPE, text=True, env=os.environ.copy()
-    )
+    # Its log (and why it failed, if it does) goes to our stderr; its stdout holds only the
+    # ready line, which the launcher reads from the ready file instead.
+    server = ServerProcess(_serve_args(options), stdout=subprocess.DEVNULL)
     try:
-        url = _wait_until_serving(server)
-        if url is None:
-            error_line(f"the server did not start (exit status {server.wait()}); see above")
-            return EXIT_ERROR
+        url = server.start().url
+    except IchigoStreamError as e:
+        error_line(f"the server did not start ({e}); see above")
+        return EXIT_ERROR
+    try:
         print(f"{PROG}: streaming {options.file} to {url}", file=sys.stderr, flush=True)
         send = SendOptions(
             file=options.file,
@@ -121,12 +109,7 @@ def _run_demo(args: argparse.Namespace) -> int:
             print(f"{PROG}: done: {done.segments} segment(s), {done.audio_seconds:.2f} s of audio")
         return EXIT_OK
     finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        server.stop(timeout_s=60)  # SIGTERM: it drains; SIGKILL if it has not exited by then
 
 
 DEMO_COMMAND = Command(

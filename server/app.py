@@ -1,8 +1,8 @@
 """The asyncio layer: websockets connections <-> ServerSession, the model worker, HTTP routes.
 
 Thin on purpose: protocol decisions live in ichigo_stream.session (sans-I/O); this module
-moves bytes, time and results between the socket, the session and the worker. Lifecycle
-(run_server): load -> warm up -> serve -> drain on SIGTERM/SIGINT within a timeout.
+moves bytes, time and results between the socket, the session and the worker. The serve
+process around it (signals, readiness, exit status) is server.lifecycle.
 """
 
 from __future__ import annotations
@@ -11,21 +11,19 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import signal
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-import torch
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from ichigo_stream.errors import CloseCode, IchigoStreamError, ProtocolError
-from ichigo_stream.loading import ModelInfo, load_tokenizer
+from ichigo_stream.loading import ModelInfo
 from ichigo_stream.messages import Capabilities
 from ichigo_stream.model import IchigoTokenizer
 from ichigo_stream.pipeline import default_batch_size
@@ -43,6 +41,7 @@ CONTENT_TYPES = {
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css",
 }
+FORCE_CLOSE_S = 1.0  # on a forced exit, how long a client may take to answer the close frame
 
 
 class _Connection:
@@ -58,8 +57,6 @@ class StreamServer:
         self.config = config
         self.info = info
         self.metrics = ServerMetrics()
-        if config.threads:
-            torch.set_num_threads(config.threads)
         self.worker = ModelWorker(
             tokenizer,
             self._result_from_worker,
@@ -136,8 +133,36 @@ class StreamServer:
             )
         if self._ticker:
             self._ticker.cancel()
-        remaining = max(1.0, deadline - self._loop.time())
-        await asyncio.to_thread(self.worker.stop, remaining)
+        # Wait for the worker here, not in asyncio.to_thread: a forced exit cancels this
+        # wait, and asyncio.run would still wait for an executor thread joining the worker.
+        self.worker.request_stop()
+        worker_deadline = max(deadline, self._loop.time() + 1.0)
+        while self.worker.alive and self._loop.time() < worker_deadline:
+            await asyncio.sleep(0.02)
+
+    async def force_close(self) -> None:
+        """A second signal during the drain: close every connection with 1001 now, exit.
+
+        Each client gets FORCE_CLOSE_S to answer the close frame; after that its connection
+        is dropped. The worker is told to stop but not waited for (its thread is a daemon).
+        """
+        assert self._server is not None
+        self.draining = True
+        self._server.close(close_connections=False)
+        if self._ticker:
+            self._ticker.cancel()
+        self.worker.request_stop()
+        connections = list(self.connections.values())
+        closing = [
+            asyncio.create_task(conn.ws.close(CloseCode.GOING_AWAY, "server shutting down"))
+            for conn in connections
+        ]
+        if closing:
+            _, late = await asyncio.wait(closing, timeout=FORCE_CLOSE_S)
+            for task in late:
+                task.cancel()
+        for conn in connections:
+            conn.ws.transport.abort()  # no-op for a connection that is already closed
 
     # -- HTTP on the same port -----------------------------------------------------------
 
@@ -179,10 +204,7 @@ class StreamServer:
         return any(hmac.compare_digest(c.encode(), expected) for c in candidates)
 
     def _render_metrics(self) -> str:
-        stats = self.worker.stats
-        sizes, stats.batch_sizes = stats.batch_sizes, []
-        for size in sizes:
-            self.metrics.batch_size.observe(size)
+        stats = self.worker.stats_snapshot()
         gauges = {
             "ichigo_sessions": ("Open WebSocket sessions.", len(self.connections)),
             "ichigo_queue_depth": ("Jobs waiting for the model worker.", self.worker.queue_depth),
@@ -195,7 +217,10 @@ class StreamServer:
             "ichigo_partials_shed_total": ("Partial jobs dropped under load.", stats.partials_shed),
             "ichigo_model_jobs_failed_total": ("Model jobs that raised.", stats.jobs_failed),
         }
-        return self.metrics.render(gauges, counters)
+        histograms = {
+            "ichigo_batch_size": ("Clips per encoder batch.", stats.batch_size),
+        }
+        return self.metrics.render(gauges, counters, histograms)
 
     # -- WebSocket sessions ----------------------------------------------------------------
 
@@ -335,38 +360,16 @@ def _response(status: int, body: str, content_type: str) -> Response:
 async def running_server(
     config: ServerConfig, tokenizer: IchigoTokenizer, info: ModelInfo
 ) -> AsyncIterator[StreamServer]:
-    """A started server that drains on exit (tests and embedding)."""
+    """A warmed-up, started server that drains on exit (run_server, tests, embedding).
+
+    Warm-up is model work: it runs in a worker thread, so the event loop (other servers'
+    sessions in an embedding process, the signal handlers) never waits for it.
+    """
     server = StreamServer(config, tokenizer, info)
-    server.worker.warm_up(text=config.text)
+    await asyncio.to_thread(server.worker.warm_up, text=config.text)
     await server.start()
     try:
         yield server
     finally:
         if not server.draining:
             await server.drain()
-
-
-async def _serve_until_signalled(
-    config: ServerConfig, tokenizer: IchigoTokenizer, info: ModelInfo
-) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    async with running_server(config, tokenizer, info) as server:
-        scheme = "wss" if config.certfile else "ws"
-        log.info("serving %s://%s:%d%s", scheme, config.host, server.port, STREAM_PATH)
-        print(
-            f"ichigo-stream: serving {scheme}://{config.host}:{server.port}{STREAM_PATH}",
-            flush=True,
-        )
-        await stop.wait()
-        log.info("draining %d session(s)", len(server.connections))
-        await server.drain()
-
-
-def run_server(config: ServerConfig) -> None:
-    """load -> warm up -> serve -> drain on SIGTERM/SIGINT."""
-    log.info("loading %s", config.load.model)
-    tokenizer, info = load_tokenizer(config.load, text=config.text)
-    asyncio.run(_serve_until_signalled(config, tokenizer, info))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ichigo_stream.cli_common import EXIT_OK, Command
+from ichigo_stream.cli_common import Command
 
 from .config import add_serve_arguments, config_from_args
 
@@ -16,7 +16,14 @@ endpoints on the same port:
   GET /metrics                  Prometheus text
   GET /                         the browser page
 lifecycle: load -> warm up -> serve -> on SIGTERM/SIGINT stop accepting, finish every open
-segment, send done, close, exit within --drain-timeout-s.
+segment, send done, close, exit (status 0) within --drain-timeout-s. A second SIGTERM/SIGINT
+during the drain closes every session with 1001 at once and exits with 128 + the signal's
+number (143 for SIGTERM, 130 for SIGINT).
+readiness: once listening and warmed up, the server prints one JSON line on stdout,
+  {"event":"ready","url":"ws://127.0.0.1:8765/v1/stream","host":"127.0.0.1","port":8765,
+   "pid":...,"page_url":...,"healthz_url":...,"metrics_url":...,"protocol":1}
+and, with --ready-file PATH, writes the same object (without "event") to PATH, atomically,
+removing it on exit. Its log goes to stderr. (docs/protocol.md, "Server readiness")
 the server's secret: --auth-token SECRET or ICHIGO_AUTH_TOKEN (ICHIGO_TOKEN is the clients'
 credential: serve refuses to start on it alone rather than run without a secret).
 options from the environment, e.g. ICHIGO_PORT=9000, ICHIGO_TEXT=1,
@@ -26,11 +33,10 @@ ICHIGO_ALLOW_ORIGIN="https://a.example https://b.example".
 
 def _run_serve(args: argparse.Namespace) -> int:
     config = config_from_args(args)  # every configuration error before anything loads
-    from .app import run_server  # imports torch: only when serving
+    from .lifecycle import run_server  # imports torch: only when serving
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    run_server(config)
-    return EXIT_OK
+    return run_server(config)
 
 
 SERVE_COMMAND = Command(

@@ -35,6 +35,7 @@ class ServerConfig:
     keyfile: str | None = None
     limits: SessionLimits = field(default_factory=SessionLimits)
     drain_timeout_s: float = 30.0
+    ready_file: str | None = None  # where to announce readiness (docs/protocol.md)
 
 
 def _number(
@@ -133,6 +134,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add("--idle-timeout-s", type=positive, default=60.0, help="default 60")
     drain = _number(float, 0, 86_400)  # finite: the worker thread is joined with what is left
     add("--drain-timeout-s", type=drain, default=30.0, help="default 30")
+    add(
+        "--ready-file",
+        metavar="PATH",
+        help="once listening and warmed up, write the ready JSON object here (atomically); "
+        "removed on exit",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -171,4 +178,5 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             idle_timeout_s=args.idle_timeout_s,
         ),
         drain_timeout_s=args.drain_timeout_s,
+        ready_file=args.ready_file,
     )

@@ -13,6 +13,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class Histogram:
+    """Fixed buckets: its size never depends on how many values it has seen."""
+
     def __init__(self, buckets: Sequence[float]) -> None:
         self.buckets = tuple(buckets)
         self.counts = [0] * (len(self.buckets) + 1)  # the last is +Inf
@@ -23,6 +25,11 @@ class Histogram:
         self.counts[bisect.bisect_left(self.buckets, value)] += 1
         self.total += value
         self.count += 1
+
+    def copy(self) -> Histogram:
+        twin = Histogram(self.buckets)
+        twin.counts, twin.total, twin.count = list(self.counts), self.total, self.count
+        return twin
 
     def lines(self, name: str) -> list[str]:
         out, cumulative = [], 0
@@ -42,7 +49,6 @@ class ServerMetrics:
         self.partials_out = 0
         self.errors = _Tally[str]()
         self.endpoint_latency_ms = Histogram(LATENCY_BUCKETS_MS)
-        self.batch_size = Histogram(BATCH_BUCKETS)
 
     def observe_message(self, message: ServerMessage) -> None:
         """Count one message handed to a socket, by its type."""
@@ -55,8 +61,12 @@ class ServerMetrics:
             self.errors[message.code] += 1
 
     def render(
-        self, gauges: dict[str, tuple[str, float]], counters: dict[str, tuple[str, float]]
+        self,
+        gauges: dict[str, tuple[str, float]],
+        counters: dict[str, tuple[str, float]],
+        histograms: dict[str, tuple[str, Histogram]],
     ) -> str:
+        """The exposition; gauges, counters and histograms kept elsewhere (the worker's) first."""
         lines: list[str] = []
 
         def metric(name: str, kind: str, help_text: str, body: Callable[[], list[str]]) -> None:
@@ -66,6 +76,8 @@ class ServerMetrics:
             metric(name, "gauge", help_text, lambda value=value, name=name: [f"{name} {value:g}"])
         for name, (help_text, value) in counters.items():
             metric(name, "counter", help_text, lambda value=value, name=name: [f"{name} {value:g}"])
+        for name, (help_text, histogram) in histograms.items():
+            metric(name, "histogram", help_text, lambda h=histogram, name=name: h.lines(name))
         metric(
             "ichigo_sessions_total",
             "counter",
@@ -104,11 +116,5 @@ class ServerMetrics:
             "histogram",
             "Endpoint decision to segment message, ms.",
             lambda: self.endpoint_latency_ms.lines("ichigo_endpoint_latency_ms"),
-        )
-        metric(
-            "ichigo_batch_size",
-            "histogram",
-            "Clips per encoder batch.",
-            lambda: self.batch_size.lines("ichigo_batch_size"),
         )
         return "\n".join(lines) + "\n"

@@ -18,12 +18,14 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from ichigo_stream.model import IchigoTokenizer, TextOptions
 from ichigo_stream.session import Job, JobResult
+
+from .metrics import BATCH_BUCKETS, Histogram
 
 log = logging.getLogger("ichigo_stream.worker")
 
@@ -32,14 +34,21 @@ ResultCallback = Callable[[Job, JobResult], None]
 
 @dataclass
 class WorkerStats:
-    """Counters read by /metrics (plain ints: single writer, torn reads are harmless)."""
+    """What /metrics reports of the worker: counters and a fixed-bucket histogram.
 
-    batches: int = 0
-    batch_sizes: list[int] = field(default_factory=list)  # since the last scrape
+    Its size is constant however long the server runs. It is written under the worker's
+    lock; readers take ModelWorker.stats_snapshot(), a consistent copy.
+    """
+
+    batch_size: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
     jobs_done: int = 0
     jobs_failed: int = 0
     partials_shed: int = 0
     texts_decoded: int = 0
+
+    @property
+    def batches(self) -> int:
+        return self.batch_size.count
 
 
 class ModelWorker:
@@ -77,10 +86,23 @@ class ModelWorker:
         self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
+        self.request_stop()
+        self._thread.join(timeout)
+
+    def request_stop(self) -> None:
+        """Ask the thread to stop after its current batch; returns at once (see alive)."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stats_snapshot(self) -> WorkerStats:
+        """A consistent copy of the stats: no batch is half counted in it."""
+        with self._cond:
+            return replace(self.stats, batch_size=self.stats.batch_size.copy())
 
     def submit(self, job: Job) -> None:
         with self._cond:
@@ -115,7 +137,10 @@ class ModelWorker:
         return self._thread.is_alive() and not stalled
 
     def warm_up(self, text: bool = False) -> None:
-        """One real batch before serving, so the first client does not pay for lazy init."""
+        """One real batch before serving, so the first client does not pay for lazy init.
+
+        Model work on the calling thread: call it off the event loop (running_server does).
+        """
         silence = torch.zeros(16_000)
         tokens = self.tokenizer.quantize([silence] * min(2, self.max_batch))
         if text and self.tokenizer.has_text_model:
@@ -167,8 +192,8 @@ class ModelWorker:
             self._busy_since = None
 
     def _run_batch(self, batch: list[Job]) -> None:
-        self.stats.batches += 1
-        self.stats.batch_sizes.append(len(batch))
+        with self._cond:
+            self.stats.batch_size.observe(len(batch))
         try:
             results = list(zip(batch, self._quantize(batch), strict=True))
         except Exception:
@@ -179,14 +204,16 @@ class ModelWorker:
                     results.append((job, self._quantize([job])[0]))
                 except Exception as e:
                     log.exception("job %s/%s failed", job.session, job.segment)
-                    self.stats.jobs_failed += 1
+                    with self._cond:
+                        self.stats.jobs_failed += 1
                     self.on_result(job, JobResult(error=f"model failed on this segment: {e}"))
         for job, tokens in results:
-            self.stats.jobs_done += 1
-            if job.text and job.kind == "final":
-                with self._cond:
+            decode = job.text and job.kind == "final"
+            with self._cond:
+                self.stats.jobs_done += 1
+                if decode:
                     self._texts.append((job, tokens))
-            else:
+            if not decode:
                 self.on_result(job, JobResult(tokens=tokens))
 
     def _run_text(self, job: Job, tokens: list[int]) -> None:
@@ -197,7 +224,8 @@ class ModelWorker:
                 if tokens
                 else ""
             )
-            self.stats.texts_decoded += 1
+            with self._cond:
+                self.stats.texts_decoded += 1
             self.on_result(job, JobResult(tokens=tokens, text=text))
         except Exception as e:
             log.exception("text decoding failed for %s/%s", job.session, job.segment)

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -56,13 +55,13 @@ from ichigo_stream.model import IchigoTokenizer
 from ichigo_stream.model_info import ModelInfo
 from ichigo_stream.options import LoadOptions
 from ichigo_stream.segmentation import SegmentClosed, VadSegmenter
+from ichigo_stream.server_process import ServerProcess
 from ichigo_stream.tokens import to_ichigo
 from ichigo_stream_server.app import StreamServer, running_server
 from ichigo_stream_server.config import ServerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = sample_path()
-SERVING = re.compile(r"^ichigo-stream: serving ws://127\.0\.0\.1:(\d+)/v1/stream$")
 SENTENCES = (
     "The quick brown fox jumps over the lazy dog.",
     "She sells sea shells by the sea shore.",
@@ -401,32 +400,26 @@ class ServeProcess:
 
     def __init__(self, files: ModelFiles, port: int, log: Path) -> None:
         self.files, self.port, self.log = files, port, log
-        self.process: asyncio.subprocess.Process | None = None
+        self.server: ServerProcess | None = None
 
     async def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ICHIGO_")}
+        args = ["--port", str(self.port)]
+        args += ["--model", str(self.files.quantizer), "--whisper", str(self.files.whisper)]
         with self.log.open("ab") as stderr:
-            self.process = await asyncio.create_subprocess_exec(
-                *(sys.executable, "-m", "ichigo_stream", "serve", "--port", str(self.port)),
-                *("--model", str(self.files.quantizer), "--whisper", str(self.files.whisper)),
-                stdout=asyncio.subprocess.PIPE,
-                stderr=stderr,
-                env=env,
-            )
-        assert self.process.stdout is not None
-        line = await asyncio.wait_for(self.process.stdout.readline(), 120)
-        assert SERVING.match(line.decode().strip()), f"{line!r}; log: {self.log.read_text()}"
+            self.server = ServerProcess(args, env=env, stderr=stderr, start_timeout_s=120)
+            ready = await asyncio.to_thread(self.server.start)
+        assert ready.port == self.port, ready
 
     async def terminate(self) -> int:
         """SIGTERM: the server drains (finishes open segments, sends done) and exits."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(self.process.wait(), 30)
+        assert self.server is not None
+        return await asyncio.to_thread(self.server.stop, 30)
 
     async def kill(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.kill()  # SIGKILL: no drain, no close frames, sockets just vanish
-            await self.process.wait()
+        if self.server is not None:
+            # SIGKILL: no drain, no close frames, sockets just vanish (nothing if it is gone).
+            await asyncio.to_thread(self.server.stop, 10, signal.SIGKILL)
 
 
 @pytest.mark.timeout(180)

@@ -37,6 +37,7 @@ def test_demo_streams_the_bundled_sample_through_a_real_server(
     assert all(int(n) > 0 for *_, n in lines)
     assert "<|sound_start|>" in proc.stdout  # each segment's LLM text follows it
     assert "done: 3 segment(s)" in proc.stdout
+    assert '"event":"ready"' not in proc.stdout  # the server's ready line is not the demo's
     # The server it started drained on SIGTERM and said so.
     assert "draining" in proc.stderr
 

@@ -41,6 +41,7 @@ from ichigo_stream.audio import load_audio
 from ichigo_stream.client import Connected, Connecting, Done, GaveUp, Ready, Reconnecting
 from ichigo_stream.constants import SAMPLE_RATE
 from ichigo_stream.segmentation import segment_vad
+from ichigo_stream.server_process import ServerProcess
 from ichigo_stream_client.mic import (
     DeviceError,
     InputDevice,
@@ -54,7 +55,6 @@ from ichigo_stream_client.terminal_view import MicStatus
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = sample_path()
-SERVING = re.compile(r"^ichigo-stream: serving (ws://127\.0\.0\.1:\d+/v1/stream)$")
 MIC = (sys.executable, "-m", "ichigo_stream", "mic")
 INSTALL_HINT = (
     "the microphone tests need PulseAudio (pulseaudio, pulseaudio-utils), ALSA's pulse plugin "
@@ -300,38 +300,27 @@ class Server:
         self.files, self.log = files, log
         self.port = free_port()
         self.url = f"ws://127.0.0.1:{self.port}/v1/stream"
-        self.process: subprocess.Popen[str] | None = None
+        self.server: ServerProcess | None = None
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return None if self.server is None else self.server.process
 
     def start(self) -> None:
+        args = ["--port", str(self.port)]
+        args += ["--model", str(self.files.quantizer), "--whisper", str(self.files.whisper)]
         with self.log.open("ab") as stderr:
-            self.process = subprocess.Popen(
-                [
-                    *(sys.executable, "-m", "ichigo_stream", "serve", "--port", str(self.port)),
-                    *("--model", str(self.files.quantizer), "--whisper", str(self.files.whisper)),
-                ],
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                text=True,
-                env=clean_env(),
-                cwd=ROOT,
-            )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline().strip()  # the server prints it once ready
-        match = SERVING.match(line)
-        assert match and match.group(1) == self.url, f"{line!r}; log: {self.log.read_text()}"
+            self.server = ServerProcess(args, env=clean_env(), stderr=stderr, start_timeout_s=120)
+            ready = self.server.start()
+        assert ready.url == self.url, ready
 
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()  # SIGKILL: no drain, no close frames
-            self.process.wait(10)
+        if self.server is not None:
+            self.server.stop(10, signal.SIGKILL)  # no drain, no close frames
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        if self.server is not None:
+            self.server.stop(30)  # SIGTERM, then SIGKILL after 30 s
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -52,6 +51,7 @@ from ichigo_stream.model import IchigoTokenizer, TextOptions
 from ichigo_stream.model_info import ModelInfo
 from ichigo_stream.options import LoadOptions
 from ichigo_stream.segmentation import SegmentClosed, VadSegmenter, segment_vad
+from ichigo_stream.server_process import ServerProcess
 from ichigo_stream.session import Action, Job, JobResult, ServerSession, SessionLimits
 from ichigo_stream.tokens import to_ichigo_rle
 from ichigo_stream_server.app import StreamServer, running_server
@@ -61,7 +61,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = sample_path()
 # Unpaced clients send as fast as the socket takes it: lift the rate limit for them.
 UNLIMITED = SessionLimits(max_realtime=1e6, realtime_burst_s=1e6)
-SERVING = re.compile(r"^ichigo-stream: serving ws://127\.0\.0\.1:(\d+)/v1/stream$")
 
 Model = tuple[IchigoTokenizer, ModelInfo]
 
@@ -779,33 +778,33 @@ def test_an_address_in_use_is_a_clear_error(model: Model) -> None:
 
 @dataclass
 class ServeProcess:
-    process: asyncio.subprocess.Process
-    port: int
+    server: ServerProcess
     log: Path
+
+    @property
+    def port(self) -> int:
+        return self.server.ready.port
+
+    def signal(self, signum: int) -> None:
+        self.server.process.send_signal(signum)
+
+    async def wait(self, timeout: float) -> int:
+        """The exit status; a TimeoutExpired if it takes longer."""
+        return await asyncio.to_thread(self.server.process.wait, timeout)
 
 
 @contextlib.asynccontextmanager
 async def serve_command(files: ModelFiles, log: Path, *args: str) -> AsyncIterator[ServeProcess]:
-    """`ichigo-stream serve --port 0 ...` as a subprocess; the port comes from its ready line."""
+    """`ichigo-stream serve --port 0 ...` as a subprocess, through the shared launcher."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ICHIGO_")}
+    serve_args = ["--port", "0", "--model", str(files.quantizer), "--whisper", str(files.whisper)]
     with log.open("wb") as stderr:
-        process = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "ichigo_stream", "serve", "--port", "0"),
-            *("--model", str(files.quantizer), "--whisper", str(files.whisper), *args),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=stderr,
-            env=env,
-        )
-    try:
-        assert process.stdout is not None
-        line = await asyncio.wait_for(process.stdout.readline(), 120)
-        match = SERVING.match(line.decode().strip())
-        assert match, f"no serving line: {line!r}; log: {log.read_text()}"
-        yield ServeProcess(process, int(match.group(1)), log)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        server = ServerProcess([*serve_args, *args], env=env, stderr=stderr, start_timeout_s=120)
+        await asyncio.to_thread(server.start)
+        try:
+            yield ServeProcess(server, log)
+        finally:
+            await asyncio.to_thread(server.stop, 10, signal.SIGKILL)  # if it is still running
 
 
 @pytest.mark.timeout(90)
@@ -838,8 +837,8 @@ def test_serve_command_requires_its_token(
             assert status == 200 and headers["content-type"].startswith("text/plain")
             assert "ichigo_sessions_total 2" in metrics.splitlines()
             assert "ichigo_segments_total 2" in metrics.splitlines()
-            s.process.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(s.process.wait(), 30) == 0
+            s.signal(signal.SIGTERM)
+            assert await s.wait(30) == 0
 
     asyncio.run(main())
 
@@ -871,12 +870,12 @@ def test_sigterm_drains_active_sessions(
             await live.wait_for(_is("speech_start", 0))
             await asyncio.sleep(1.0)  # the server has long read all of quiet's audio
             signalled = time.monotonic()
-            s.process.send_signal(signal.SIGTERM)
+            s.signal(signal.SIGTERM)
             quiet_outcome, live_outcome, waiting_outcome = [
                 await c.finish(drain_timeout) for c in (quiet, live, waiting)
             ]
             live_sent = await live_sending
-            returncode = await asyncio.wait_for(s.process.wait(), drain_timeout + 10)
+            returncode = await s.wait(drain_timeout + 10)
             exit_after = time.monotonic() - signalled
         log = s.log.read_text()
         assert returncode == 0, log
