@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import speech
 import torch
 
 from ichigo_stream.audio import load_audio
@@ -40,16 +40,6 @@ from ichigo_stream.whisper_weights import (
     write_random_whisper,
 )
 
-SENTENCES = [
-    "The quick brown fox jumps over the lazy dog near the river bank.",
-    "Speech tokens let a language model listen without a separate recognizer.",
-    "Please call Stella and ask her to bring these things with her from the store.",
-    "Six spoons of fresh snow peas, five thick slabs of blue cheese, and maybe a snack.",
-    "We also need a small plastic snake and a big toy frog for the kids.",
-    "The weather report says rain will move in from the west by late afternoon.",
-    "A streaming tokenizer must answer within milliseconds of the end of speech.",
-    "She sells sea shells by the sea shore, and the shells she sells are surely sea shells.",
-]
 RANDOM_MODELS = {
     "shallow": dict(width=1024, n_layer=2, n_head=16, text_layers=1),  # medium's width, 2 layers
     "medium": RELEASED_WHISPER_DIMS["medium"],  # full size: costs exactly what real weights cost
@@ -59,11 +49,7 @@ RANDOM_MODELS = {
 def make_speech(folder: Path, n_files: int, seed: int) -> list[Path]:
     """n_files WAVs of 3..28 s of espeak-ng speech at 16 kHz."""
     rng = np.random.default_rng(seed)
-    clips = []
-    for i, text in enumerate(SENTENCES):
-        wav = folder / f"sentence{i}.wav"
-        subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(wav), text], check=True)
-        clips.append(load_audio(wav))
+    clips = [load_audio(wav) for wav in speech.spoken("tokenize", folder / "sentences")]
     files = []
     for i in range(n_files):
         target = rng.uniform(3.0, 28.0) * SAMPLE_RATE
@@ -121,7 +107,7 @@ def peak_memory(device: str) -> float | None:
     return peak
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -141,7 +127,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="best of N timed runs each")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     if args.model:
         quantizer, whisper = Path(args.model), args.whisper
@@ -209,6 +195,7 @@ def main() -> None:
                     ours=dict(speed=our_speed, wall=min(our_times), peak_gib=our_peak),
                     ratio=our_speed / ref_speed,
                     identical=identical,
+                    speech_sha256=speech.input_sha256("tokenize"),
                     args={k: str(v) for k, v in vars(args).items()},
                 ),
                 indent=2,
