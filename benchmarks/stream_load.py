@@ -183,6 +183,7 @@ async def run_session(spec: LoadSpec, index: int, pcm: np.ndarray, offset: float
 
 
 async def _loop_lag_monitor(samples: list[float], period: float = 0.01) -> None:
+    """How late the event loop wakes a `period` sleep: the client's own overload."""
     loop = asyncio.get_running_loop()
     while True:
         t = loop.time()
@@ -191,6 +192,8 @@ async def _loop_lag_monitor(samples: list[float], period: float = 0.01) -> None:
 
 
 async def run_group(spec: LoadSpec, indices: list[int]) -> dict:
+    """Sessions `indices` in this event loop, analysed here: their results, the loop's lag
+    and this process's CPU and wall time."""
     clips = load_clips([Path(p) for p in spec.clip_files])
     audios = {i: session_audio(clips, spec, i) for i in indices}
     loop_lag: list[float] = []
@@ -211,6 +214,7 @@ async def run_group(spec: LoadSpec, indices: list[int]) -> dict:
 
 
 def _group_in_process(spec: LoadSpec, indices: list[int]) -> dict:
+    """run_group in a client process (a module-level function, so spawn can pickle it)."""
     return asyncio.run(run_group(spec, indices))
 
 

@@ -14,12 +14,14 @@ def log(message: str) -> None:
 
 
 def fmt_pcts(stats: dict[str, float] | None, keys: tuple[str, ...] = ("p50", "p95", "p99")) -> str:
+    """'p50/p95/p99' in ms, one decimal under 10; '-' when there were none."""
     if stats is None:
         return "-"
     return "/".join(f"{stats[k]:.0f}" if stats[k] >= 10 else f"{stats[k]:.1f}" for k in keys)
 
 
 def print_run(r: dict, bar_ms: float | None) -> None:
+    """One run's block: segments, latencies, client, server batches, CPU, GPU, the bar."""
     c, s = r["client"], r["server"]
     m, cpu = s["metrics"], s["cpu"]
     print(
@@ -109,6 +111,7 @@ def print_run(r: dict, bar_ms: float | None) -> None:
 
 
 def print_per_session(r: dict) -> None:
+    """--per-session: a row per session."""
     print(
         f"{'sess':>4} {'offset':>6} {'segs':>9} {'parts':>5} {'send lag max':>12} "
         f"{'eos p50/p95':>12} {'endpt p50/p95':>13} {'worst lag':>9} {'lag':>3}"
@@ -126,6 +129,7 @@ def print_per_session(r: dict) -> None:
 
 
 def summary_row(r: dict) -> list[str]:
+    """One run as a row of the summary table (columns: SUMMARY_HEADER)."""
     cpu, m, gpu = r["server"]["cpu"], r["server"]["metrics"], r["server"]["gpu"]
     lag = r["client"]["send_lag_ms"]
     return [
@@ -167,6 +171,7 @@ SUMMARY_HEADER = [
 
 
 def print_summary(results: list[dict], bar_ms: float | None) -> None:
+    """The Markdown table of all runs, and the largest N that met the bar."""
     print()
     print("| " + " | ".join(SUMMARY_HEADER) + " |")
     print("|" + "---:|" * len(SUMMARY_HEADER))

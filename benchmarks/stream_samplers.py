@@ -18,6 +18,7 @@ from stream_analysis import percentiles
 
 
 def metrics_url(ws_url: str) -> str:
+    """The /metrics address of the server at a ws(s):// stream URL (for --url)."""
     scheme, rest = ws_url.split("://", 1)
     host = rest.split("/", 1)[0]
     return f"{'https' if scheme == 'wss' else 'http'}://{host}/metrics"
@@ -40,6 +41,7 @@ def scrape(url: str) -> dict[str, float]:
 
 
 def metrics_diff(before: dict[str, float], after: dict[str, float]) -> dict:
+    """What the server counted between two scrapes: batches, jobs, segments, errors."""
     if not after:
         return {}
 
@@ -73,6 +75,7 @@ def metrics_diff(before: dict[str, float], after: dict[str, float]) -> dict:
 
 
 def _ticks(path: str) -> float | None:
+    """CPU seconds (user + system) of a /proc/.../stat; None when it is gone."""
     try:
         fields = Path(path).read_text().rsplit(")", 1)[1].split()
     except OSError:
@@ -81,6 +84,7 @@ def _ticks(path: str) -> float | None:
 
 
 def _machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of all cores since boot, from /proc/stat."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = values[3] + values[4]
     return sum(values) - idle, sum(values)
@@ -221,6 +225,7 @@ class GpuSampler:
 
 
 async def queue_sampler(url: str, out: list[float], period: float = 1.0) -> None:
+    """Append the server's queue depth to `out` every `period` s, until cancelled."""
     while True:
         values = await asyncio.to_thread(scrape, url)
         if "ichigo_queue_depth" in values:
