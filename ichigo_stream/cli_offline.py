@@ -131,6 +131,7 @@ def _run_tokenize(args: argparse.Namespace) -> int:
                     result.segments,
                     title=Path(result.file).name,
                     codebook_size=info.codebook_size,
+                    token_rate=info.token_rate,
                 )
     return EXIT_FILES_FAILED if failed else EXIT_OK
 
