@@ -50,17 +50,23 @@ import torch
 
 from .errors import ModelLoadError
 
-# Modules whose callables, named in a pickle, exist to run code or touch the system.
+# Modules whose callables, named in a pickle, exist to run code or touch the system. The
+# Python 2 names count too: protocol 2 writes subprocess as "commands", builtins as
+# "__builtin__" (pickle's fix_imports).
 CODE_RUNNING_MODULES = frozenset(
     {
         "__builtin__",
         "_io",
         "_pickle",
+        "_posixsubprocess",
+        "_socket",
+        "_thread",
         "asyncio",
         "bdb",
         "builtins",
         "code",
         "codeop",
+        "commands",
         "ctypes",
         "functools",
         "importlib",
@@ -76,9 +82,12 @@ CODE_RUNNING_MODULES = frozenset(
         "pty",
         "runpy",
         "shutil",
+        "signal",
         "socket",
         "subprocess",
         "sys",
+        "thread",
+        "threading",
         "types",
         "webbrowser",
     }
