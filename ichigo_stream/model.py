@@ -62,10 +62,6 @@ class QuantizerDims:
         """
         return TokenGeometry(self.downsample)
 
-    @property
-    def tokens_per_window(self) -> int:
-        return self.geometry.tokens_per_window
-
 
 @dataclass(frozen=True)
 class TextOptions:

@@ -208,7 +208,7 @@ def test_whisper_download_failure_is_one_clear_message(
 def test_importing_the_package_does_not_import_torch() -> None:
     code = (
         "import sys, ichigo_stream, ichigo_stream.audio, ichigo_stream.segmentation, "
-        "ichigo_stream.tokens, ichigo_stream.constants; "
+        "ichigo_stream.tokens, ichigo_stream.constants, ichigo_stream.geometry; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
