@@ -4,15 +4,16 @@ Two formats exist (shared/ichigo-reference.md):
 - Ichigo / Lightning (`.pth`, `.ckpt`): {"state_dict": {"model.<key>": tensor}}, no config;
   the architecture is inferred from tensor shapes (and the file name for known releases).
 - WhisperSpeech (`.model`): {"config": {...}, "tunables": {...}, "state_dict": {...}}.
+
+Files are read by safe_load.load_checkpoint_file, which never runs code from the file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 import re
-import warnings
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +22,9 @@ import torch
 from torch import Tensor
 
 from .errors import ModelLoadError
+from .geometry import RELEASED_DOWNSAMPLE, TokenGeometry
 from .model import QuantizerDims, QuantizerHead
+from .safe_load import StandIn, load_checkpoint_file
 
 CheckpointFormat = Literal["ichigo", "whisperspeech"]
 
@@ -40,6 +43,28 @@ _RENAMES = (
     (re.compile(r"^_?out_blocks\.(\d+)\."), r"blocks.\1."),
 )
 _CODEBOOK_KEY = "rq.layers.0._codebook.embed"
+
+# The reference's constructor defaults (RQBottleneckTransformer.__init__), which a .model
+# file's config falls back to for a field it lacks. downsample=1 in particular: such a file
+# gets one token per encoder position (1500 per window, 50 per second), as in the reference.
+REFERENCE_CONFIG_DEFAULTS: dict[str, Any] = {
+    "vq_codes": 512,
+    "q_depth": 12,
+    "depth": 1,
+    "n_head": 2,
+    "head_width": 64,
+    "ffn_mult": 4,
+    "codebook_dim": 2,
+    "downsample": 1,
+}
+# WhisperSpeech's Tunables.upgrade defaults for files older than these fields.
+TUNABLE_DEFAULTS: dict[str, Any] = {
+    "query_mult": 1,
+    "rope": False,
+    "mask_embs": False,
+    "downsample_conv": False,
+    "downsample_mean": False,
+}
 
 
 def ichigo_mask_token(codebook_size: int) -> int:
@@ -64,19 +89,6 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _torch_load(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # Lightning checkpoints pickle hyper-parameter objects that weights_only refuses.
-        warnings.warn(
-            f"{path} holds pickled Python objects; loading it with full unpickling "
-            "(only load checkpoints you trust)",
-            stacklevel=3,
-        )
-        return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def _head_state(raw: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
@@ -124,38 +136,72 @@ def _infer_dims(state: dict[str, Tensor], file_name: str) -> QuantizerDims:
     )
 
 
+def _tunables(spec: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """The file's tunables, over WhisperSpeech's defaults for the fields it lacks."""
+    tunables = spec.get("tunables")
+    nested = config.get("config")
+    if tunables is None and isinstance(nested, StandIn) and isinstance(nested.state, dict):
+        # ichigo-asr's save_model stores its VQConfig object (read as a stand-in) in the
+        # config instead of a tunables dict; its fields are the tunables.
+        tunables = nested.state
+    if tunables is not None and not isinstance(tunables, dict):
+        raise ModelLoadError(f"'tunables' is a {type(tunables).__name__}, expected a dict")
+    return {**TUNABLE_DEFAULTS, **(tunables or {})}
+
+
 def _whisperspeech_dims(
     config: dict[str, Any], tunables: dict[str, Any], codebook_size: int
 ) -> QuantizerDims:
-    if tunables.get("downsample_conv"):
+    cfg = {**REFERENCE_CONFIG_DEFAULTS, **config}
+    if tunables["downsample_conv"]:
         raise ModelLoadError("WhisperSpeech checkpoints with downsample_conv are not supported")
-    mask_embs = tunables.get("mask_embs", False)
-    expected = config["vq_codes"] + (1 if mask_embs else 0)
+    if cfg["q_depth"] != 1:
+        raise ModelLoadError(
+            f"config['q_depth'] = {cfg['q_depth']}: only one-codebook quantizers are supported"
+        )
+    if not tunables["mask_embs"]:
+        # Without a mask code the reference returns the tokens of the whole padded window,
+        # padding included, whatever the audio's length: not tokens of the audio.
+        raise ModelLoadError(
+            "tunables['mask_embs'] is false (or missing): the reference then returns tokens "
+            "for the whole padded 30 s window, not only for the audio; not supported"
+        )
+    expected = cfg["vq_codes"] + 1
     if expected != codebook_size:
         raise ModelLoadError(f"config says {expected} codes but the codebook holds {codebook_size}")
-    return QuantizerDims(
-        width=config["n_head"] * config.get("head_width", 64),
-        n_head=config["n_head"],
-        depth=config.get("depth", 1),
-        ffn_mult=config.get("ffn_mult", 4),
-        codebook_size=codebook_size,
-        codebook_dim=config["codebook_dim"],
-        mask_token=config["vq_codes"] if mask_embs else 0,
-        downsample=config.get("downsample", 1),
-        # Defaults of WhisperSpeech's Tunables.upgrade for files older than these fields.
-        downsample_mean=tunables.get("downsample_mean", False),
-        query_mult=tunables.get("query_mult", 1),
-        rope=tunables.get("rope", False),
-    )
+    try:
+        TokenGeometry(cfg["downsample"])
+    except ValueError as e:
+        missing = " (missing, so the reference's default 1)" if "downsample" not in config else ""
+        field = f"config['downsample'] = {cfg['downsample']!r}{missing}"
+        raise ModelLoadError(f"{field}: {e}") from None
+    try:
+        return QuantizerDims(
+            width=cfg["n_head"] * cfg["head_width"],
+            n_head=cfg["n_head"],
+            depth=cfg["depth"],
+            ffn_mult=cfg["ffn_mult"],
+            codebook_size=codebook_size,
+            codebook_dim=cfg["codebook_dim"],
+            mask_token=cfg["vq_codes"],
+            downsample=cfg["downsample"],
+            downsample_mean=bool(tunables["downsample_mean"]),
+            query_mult=tunables["query_mult"],
+            rope=bool(tunables["rope"]),
+        )
+    except (TypeError, ValueError) as e:
+        raise ModelLoadError(f"config does not describe a quantizer: {e}") from None
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> QuantizerCheckpoint:
     """Read a quantizer checkpoint in either released format."""
     path = Path(path)
     try:
-        spec = _torch_load(path)
+        spec = load_checkpoint_file(path)
     except FileNotFoundError:
         raise ModelLoadError(f"quantizer checkpoint {path} does not exist") from None
+    except ModelLoadError:
+        raise
     except Exception as e:
         raise ModelLoadError(
             f"{path} is not a PyTorch checkpoint ({type(e).__name__}: {e}); expected an Ichigo "
@@ -167,13 +213,17 @@ def read_checkpoint(path: str | os.PathLike[str]) -> QuantizerCheckpoint:
         )
     raw = spec["state_dict"]
     if "config" in spec:
+        config = spec["config"]
+        if not isinstance(config, dict):
+            raise ModelLoadError(f"{path}: 'config' is a {type(config).__name__}, expected a dict")
         state = _head_state(raw, "")
         if "codebook" not in state:
             raise ModelLoadError(f"{path}: WhisperSpeech file without a codebook ({_CODEBOOK_KEY})")
-        dims = _whisperspeech_dims(
-            spec["config"], spec.get("tunables") or {}, state["codebook"].shape[0]
-        )
-        whisper_name = spec["config"].get("whisper_model_name")
+        try:
+            dims = _whisperspeech_dims(config, _tunables(spec, config), state["codebook"].shape[0])
+        except ModelLoadError as e:
+            raise ModelLoadError(f"{path}: {e}") from None
+        whisper_name = config.get("whisper_model_name")
         fmt: CheckpointFormat = "whisperspeech"
     else:
         prefix = "model." if any(key.startswith("model.") for key in raw) else ""
@@ -255,16 +305,26 @@ def write_random_checkpoint(
     format: CheckpointFormat = "ichigo",
     whisper_name: str = "medium",
     seed: int = 0,
+    omit: Collection[str] = (),
 ) -> Path:
     """Write a random-weight quantizer checkpoint of any config in a released file format.
 
     "ichigo" writes what the merged .pth holds ({"state_dict": {"model.*": ...}}, blocks under
     "_out_blocks"); "whisperspeech" writes a .model ({"config", "tunables", "state_dict"},
-    blocks under "out_blocks"). Random weights cost exactly what real ones do to run.
+    blocks under "out_blocks"), with any downsample, even one that loading refuses. `omit`
+    names config or tunables fields to leave out, as files older than those fields do.
+    Random weights cost exactly what real ones do to run.
     """
     path = Path(path)
     state = random_head_state(dims, seed)
     if format == "ichigo":
+        if dims.downsample != RELEASED_DOWNSAMPLE or not dims.downsample_mean:
+            raise ValueError(
+                f"the Ichigo format does not record downsample: its files always mean "
+                f"{RELEASED_DOWNSAMPLE} frames; use format='whisperspeech'"
+            )
+        if omit:
+            raise ValueError("the Ichigo format has no config fields to omit")
         if dims.mask_token != ichigo_mask_token(dims.codebook_size):
             raise ValueError(
                 f"the Ichigo format implies mask token {ichigo_mask_token(dims.codebook_size)} "
@@ -300,6 +360,11 @@ def write_random_checkpoint(
             },
             "state_dict": _file_state(state, dims, "out_blocks."),
         }
+        unknown = set(omit) - set(spec["config"]) - set(spec["tunables"])
+        if unknown:
+            raise ValueError(f"no such config or tunables fields to omit: {sorted(unknown)}")
+        for part in ("config", "tunables"):
+            spec[part] = {k: v for k, v in spec[part].items() if k not in omit}
     else:
         raise ValueError(f"unknown checkpoint format {format!r}")
     path.parent.mkdir(parents=True, exist_ok=True)

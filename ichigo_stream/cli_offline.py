@@ -153,6 +153,7 @@ def run_tokenize(options: TokenizeOptions) -> int:
                     result.segments,
                     title=Path(result.file).name,
                     codebook_size=info.codebook_size,
+                    token_rate=info.token_rate,
                 )
     return EXIT_FILES_FAILED if failed else EXIT_OK
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import build_head, read_checkpoint, sha256_file
-from .constants import TOKEN_RATE
+from .constants import ENCODER_POSITIONS
 from .errors import ModelLoadError
 from .model import IchigoTokenizer
 from .model_info import ModelInfo
@@ -76,6 +76,11 @@ def load_tokenizer(
             f"{model_path.name} expects {checkpoint.dims.width}; pass the matching --whisper "
             "(1024: medium, 1280: large-v3)"
         )
+    if whisper_dims.n_audio_ctx != ENCODER_POSITIONS:
+        raise ModelLoadError(
+            f"Whisper {whisper_ref!r} has {whisper_dims.n_audio_ctx} audio positions; the "
+            f"tokenizer's 30 s windows need Whisper's {ENCODER_POSITIONS}"
+        )
     encoder = build_encoder(whisper_dims, whisper_state)
     tokenizer = IchigoTokenizer(encoder, build_head(checkpoint), whisper_dims.n_mels)
     tokenizer.to_runtime(options.device, dtype)
@@ -90,7 +95,7 @@ def load_tokenizer(
         sha256=sha256_file(model_path),
         codebook_size=checkpoint.dims.codebook_size,
         mask_token=checkpoint.dims.mask_token,
-        token_rate=TOKEN_RATE,
+        token_rate=tokenizer.geometry.token_rate,  # from the checkpoint's downsample
         whisper=Path(whisper_ref).stem if os.path.isfile(whisper_ref) else whisper_ref,
     )
     return tokenizer, info

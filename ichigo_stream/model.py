@@ -18,7 +18,8 @@ import whisper
 from torch import Tensor, nn
 from whisper.model import AudioEncoder
 
-from .constants import ENCODER_POSITIONS, MEL_PAD_VALUE, N_FRAMES, WINDOW_SAMPLES, n_tokens
+from .constants import ENCODER_POSITIONS, MEL_PAD_VALUE, N_FRAMES, WINDOW_SAMPLES
+from .geometry import RELEASED_DOWNSAMPLE, TokenGeometry
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class QuantizerDims:
     codebook_size: int = 2561  # including the mask code
     codebook_dim: int = 64
     mask_token: int = 2048  # the code that stands for padding
-    downsample: int = 2  # encoder frames per token
+    downsample: int = RELEASED_DOWNSAMPLE  # encoder frames per token (see geometry.py)
     downsample_mean: bool = True  # mean adjacent frames (else take every downsample-th)
     query_mult: float = 2.0
     rope: bool = True
@@ -53,8 +54,13 @@ class QuantizerDims:
         return self.query_mult * 8 / math.sqrt(self.head_width)
 
     @property
-    def tokens_per_window(self) -> int:
-        return ENCODER_POSITIONS // self.downsample
+    def geometry(self) -> TokenGeometry:
+        """Token counts and rate; ValueError for a downsample this package cannot serve.
+
+        Not checked in __post_init__: writing a checkpoint of an unsupported config (to test
+        that loading refuses it) must still work.
+        """
+        return TokenGeometry(self.downsample)
 
 
 @dataclass(frozen=True)
@@ -159,7 +165,7 @@ class QuantizerHead(nn.Module):
         self.ln_post = FloatLayerNorm(dims.width)
 
     def quantize(self, features: Tensor) -> Tensor:
-        """(B, 1500, width) encoder output -> (B, 750) token ids for the whole window."""
+        """(B, 1500, width) encoder output -> (B, 1500 // downsample) token ids of the window."""
         x = features.float()  # the head is cheap: always float32, whatever the encoder ran in
         b, t, w = x.shape
         step = self.dims.downsample
@@ -174,7 +180,7 @@ class QuantizerHead(nn.Module):
         return sim.argmax(dim=-1).reshape(b, -1)
 
     def dequantize(self, tokens: Tensor) -> Tensor:
-        """(B, 750) token ids (padding = mask token) -> (B, 1500, width) decoder embeddings."""
+        """(B, 1500 // downsample) ids (padding = mask token) -> (B, 1500, width) embeddings."""
         x = self.codebook[tokens.long()]
         x = x.repeat_interleave(self.dims.downsample, dim=-2)
         x = self.project_out(x)
@@ -193,6 +199,11 @@ class IchigoTokenizer(nn.Module):
 
     def __init__(self, encoder: AudioEncoder, head: QuantizerHead, n_mels: int) -> None:
         super().__init__()
+        positions = encoder.positional_embedding.shape[0]
+        if positions != ENCODER_POSITIONS:
+            # Every window is a 3000-frame mel; the conv stem's stride 2 makes it 1500 positions.
+            raise ValueError(f"encoder has {positions} positions, windows need {ENCODER_POSITIONS}")
+        self.geometry = TokenGeometry(head.dims.downsample, positions)  # ValueError if unsupported
         self.encoder = encoder
         self.head = head
         self.n_mels = n_mels
@@ -232,7 +243,7 @@ class IchigoTokenizer(nn.Module):
     @torch.inference_mode()
     def quantize(self, clips: Sequence[Tensor]) -> list[Tensor]:
         """Tokens of each clip (1-D float32 16 kHz, <= 30 s), all in one encoder batch."""
-        counts = [n_tokens(int(clip.shape[-1])) for clip in clips]
+        counts = [self.geometry.n_tokens(int(clip.shape[-1])) for clip in clips]
         todo = [i for i, count in enumerate(counts) if count > 0]
         out = [torch.zeros(0, dtype=torch.long, device=self.device) for _ in clips]
         if not todo:
@@ -244,8 +255,8 @@ class IchigoTokenizer(nn.Module):
         return out
 
     def pad_tokens(self, tokens: Sequence[Sequence[int] | Tensor]) -> Tensor:
-        """Token lists -> (B, 750) on the device, padded with the mask token."""
-        width = self.dims.tokens_per_window
+        """Token lists -> (B, tokens_per_window) on the device, padded with the mask token."""
+        width = self.geometry.tokens_per_window
         batch = torch.full((len(tokens), width), self.dims.mask_token, dtype=torch.long)
         for row, seq in enumerate(tokens):
             seq_t = torch.as_tensor(seq, dtype=torch.long).flatten()

@@ -129,7 +129,7 @@ def _run_batch(
     token_lists = [t.tolist() for t in tokenizer.quantize(clips)]
     texts: list[str | None] = [None] * len(batch)
     if text_options is not None:
-        # A clip under one token (40 ms) has nothing to decode: its text is empty.
+        # A clip under one token (40 ms at downsample 2) has nothing to decode: its text is empty.
         todo = [k for k, tokens in enumerate(token_lists) if tokens]
         decoded = tokenizer.decode_text([token_lists[k] for k in todo], text_options)
         texts = [""] * len(batch)

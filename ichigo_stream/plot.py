@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .constants import SAMPLE_RATE, SAMPLES_PER_TOKEN
+from .constants import SAMPLE_RATE
 from .errors import IchigoStreamError
 from .pipeline import SegmentResult
 
@@ -44,8 +44,10 @@ def plot_tokens(
     *,
     title: str = "",
     codebook_size: int | None = None,
+    token_rate: int = 25,
 ) -> Path:
-    """Write a PNG: waveform (segments shaded) above token id vs time (40 ms per token)."""
+    """Write a PNG: waveform (segments shaded) above token id vs time (token_rate per second,
+    ModelInfo.token_rate: 25 for the released checkpoints)."""
     duration = max(len(audio), 1) / SAMPLE_RATE
     fig = Figure(figsize=(12, 5), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
@@ -62,8 +64,8 @@ def plot_tokens(
         start, end = seg.start / SAMPLE_RATE, seg.end / SAMPLE_RATE
         for ax in (wave_ax, token_ax):
             ax.axvspan(start, end, color=color, alpha=0.15, linewidth=0)
-        # Token j of a segment covers [start + 40 ms * j, start + 40 ms * (j + 1)).
-        times = (seg.start + SAMPLES_PER_TOKEN * (np.arange(len(seg.tokens)) + 0.5)) / SAMPLE_RATE
+        # Token j of a segment covers [start + j / rate, start + (j + 1) / rate).
+        times = seg.start / SAMPLE_RATE + (np.arange(len(seg.tokens)) + 0.5) / token_rate
         token_ax.scatter(times, seg.tokens, s=6, color=color, marker="o", linewidths=0)
         n_tokens += len(seg.tokens)
     token_ax.set_ylabel("token id")

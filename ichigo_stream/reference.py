@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from .safe_load import load_checkpoint_file
+
 
 def _import_reference() -> tuple[type, type]:
     sys.modules.setdefault("torchaudio", types.ModuleType("torchaudio"))
@@ -26,7 +28,7 @@ def _import_reference() -> tuple[type, type]:
 def reference_model(checkpoint: Path, whisper_path: Path) -> torch.nn.Module:
     """The reference RQBottleneckTransformer with the file's weights and a local Whisper .pt."""
     model_cls, vq_config = _import_reference()
-    spec = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    spec = load_checkpoint_file(checkpoint)  # never a full unpickle, even in tests
     if "config" in spec:  # WhisperSpeech .model: its keys predate ichigo-asr's renames
         cfg, tunables = spec["config"], spec["tunables"]
         config = vq_config(

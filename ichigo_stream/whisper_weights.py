@@ -12,6 +12,7 @@ import whisper
 from whisper.model import AudioEncoder, ModelDimensions, Whisper
 
 from .errors import ModelLoadError
+from .safe_load import load_checkpoint_file
 
 
 def whisper_cache_dir() -> str:
@@ -39,10 +40,13 @@ def resolve_whisper(ref: str) -> Path:
 
 
 def read_whisper(path: Path) -> tuple[ModelDimensions, dict[str, torch.Tensor]]:
+    """openai-whisper's {"dims", "model_state_dict"} file, read without running its pickle."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = load_checkpoint_file(path)
         dims = ModelDimensions(**checkpoint["dims"])
         state = checkpoint["model_state_dict"]
+    except ModelLoadError:
+        raise
     except Exception as e:
         raise ModelLoadError(
             f"{path} is not an openai-whisper checkpoint ({type(e).__name__}: {e}); expected a .pt "

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import pickle
 import subprocess
 import sys
+import types
+import uuid
+import warnings
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -19,6 +28,8 @@ from ichigo_stream.checkpoint import (
 )
 from ichigo_stream.errors import ModelLoadError
 from ichigo_stream.loading import DEFAULT_MODEL, LoadOptions, load_tokenizer
+from ichigo_stream.reference import reference_model
+from ichigo_stream.safe_load import StandIn, load_checkpoint_file
 from ichigo_stream.whisper_weights import random_whisper_dims, write_random_whisper
 
 
@@ -68,13 +79,19 @@ def test_lightning_ckpt_for_large_v3_loads(tmp_path: Path) -> None:
     assert len(tokens) == 25 and int(tokens.max()) < 513
 
 
-def test_pickled_lightning_objects_load_with_a_warning(tmp_path: Path) -> None:
+def test_pickled_python_objects_load_as_inert_stand_ins(tmp_path: Path) -> None:
+    """No full unpickle and so no warning: the object is rebuilt as a stand-in, never run."""
     path = write_random_checkpoint(tmp_path / "q.ckpt", dims_for(384), seed=1)
     spec = torch.load(path, weights_only=True)
     spec["hyper_parameters"] = {"config": Path("not/a/tensor")}  # a pickled Python object
     torch.save(spec, path)
-    with pytest.warns(UserWarning, match="only load checkpoints you trust"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         assert read_checkpoint(path).dims.width == 384
+        loaded = load_checkpoint_file(path)
+    config = loaded["hyper_parameters"]["config"]
+    assert isinstance(config, StandIn) and not isinstance(config, Path)
+    assert config.global_name == "pathlib.PosixPath" and config.args == ("not", "a", "tensor")
 
 
 def test_model_info(tiny_model_files: ModelFiles) -> None:
@@ -191,7 +208,223 @@ def test_whisper_download_failure_is_one_clear_message(
 def test_importing_the_package_does_not_import_torch() -> None:
     code = (
         "import sys, ichigo_stream, ichigo_stream.audio, ichigo_stream.segmentation, "
-        "ichigo_stream.tokens, ichigo_stream.constants; "
+        "ichigo_stream.tokens, ichigo_stream.constants, ichigo_stream.geometry; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- loading never runs code from the file -------------------------------------------------
+
+
+@contextlib.contextmanager
+def throwaway_module(name: str, source: str) -> Iterator[types.ModuleType]:
+    """A module (and its parent packages) that exists only inside the with block."""
+    module = types.ModuleType(name)
+    parts = name.split(".")
+    added = [".".join(parts[: i + 1]) for i in range(len(parts)) if ".".join(parts[: i + 1])]
+    added = [n for n in added if n not in sys.modules]
+    for parent in added[:-1]:
+        sys.modules[parent] = types.ModuleType(parent)
+    sys.modules[name] = module
+    exec(source, module.__dict__)
+    try:
+        yield module
+    finally:
+        for n in added:
+            del sys.modules[n]
+
+
+LIGHTNING_LIKE = """
+import dataclasses
+
+@dataclasses.dataclass
+class TrainConfig:
+    lr: float = 1e-3
+    mask_embs: bool = True
+
+class ModelCheckpoint:
+    def __init__(self, monitor):
+        self.monitor = monitor
+"""
+
+
+def test_objects_of_modules_that_do_not_exist_load_with_the_same_tokens(
+    tiny_model_files: ModelFiles, tmp_path: Path
+) -> None:
+    """A Lightning file whose metadata names classes of a package this process lacks."""
+    spec = torch.load(tiny_model_files.quantizer, weights_only=True)
+    name = f"gone_pkg_{uuid.uuid4().hex[:8]}.pytorch.callbacks"
+    with throwaway_module(name, LIGHTNING_LIKE) as module:
+        for cls in (module.TrainConfig, module.ModelCheckpoint):
+            cls.__module__ = name
+        spec["hyper_parameters"] = {"config": module.TrainConfig(lr=2e-4)}
+        spec["callbacks"] = {"ModelCheckpoint{'monitor': 'val'}": module.ModelCheckpoint("val")}
+        spec["pytorch-lightning_version"] = "2.4.0"
+        path = tmp_path / "with-objects.ckpt"
+        torch.save(spec, path)
+    assert name not in sys.modules
+    with pytest.raises(pickle.UnpicklingError):  # torch's weights-only loader alone refuses it
+        torch.load(path, weights_only=True)
+    loaded = load_checkpoint_file(path)
+    config = loaded["hyper_parameters"]["config"]
+    assert config.global_name == f"{name}.TrainConfig"
+    assert config.state == {"lr": 2e-4, "mask_embs": True}
+    callback = loaded["callbacks"]["ModelCheckpoint{'monitor': 'val'}"]
+    assert callback.global_name == f"{name}.ModelCheckpoint" and callback.state == {
+        "monitor": "val"
+    }
+    clip = [torch.randn(3 * 16000) * 0.1]
+    want = load_tokenizer(
+        LoadOptions(model=str(tiny_model_files.quantizer), whisper=str(tiny_model_files.whisper))
+    )[0].quantize(clip)[0]
+    got = load_tokenizer(LoadOptions(model=str(path), whisper=str(tiny_model_files.whisper)))[0]
+    assert got.quantize(clip)[0].tolist() == want.tolist() and len(want) == 75
+
+
+SIDE_EFFECT = """
+def touch(path):
+    open(path, "w").close()
+"""
+
+
+class Payload:
+    """Pickles as a call of `func(*args)`: what a malicious checkpoint does."""
+
+    def __init__(self, func: Any, *args: Any) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return self.func, self.args
+
+
+def payloads(marker: Path) -> dict[str, Payload]:
+    return {
+        "os.system": Payload(os.system, f"touch {marker}"),
+        "builtins.exec": Payload(exec, f"open({str(marker)!r}, 'w').close()"),
+        "subprocess.call": Payload(subprocess.call, ["touch", str(marker)]),
+    }
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".ckpt", ".model", ".pt"])
+@pytest.mark.parametrize("kind", ["os.system", "builtins.exec", "subprocess.call"])
+def test_malicious_quantizer_files_are_refused_and_never_run(
+    tiny_model_files: ModelFiles, tmp_path: Path, suffix: str, kind: str
+) -> None:
+    marker = tmp_path / f"pwned-{uuid.uuid4().hex}"
+    spec = torch.load(tiny_model_files.quantizer, weights_only=True)
+    # Hidden in an otherwise valid checkpoint, and as the whole file.
+    spec["hyper_parameters"] = {"config": payloads(marker)[kind]}
+    for i, content in enumerate((spec, payloads(marker)[kind])):
+        path = tmp_path / f"evil{i}{suffix}"
+        torch.save(content, path)
+        with pytest.raises(ModelLoadError, match=r"refused: its pickle asks to call .*malicious"):
+            load_tokenizer(LoadOptions(model=str(path), whisper=str(tiny_model_files.whisper)))
+        assert not marker.exists()
+
+
+def test_malicious_whisper_file_is_refused_and_never_run(
+    tiny_model_files: ModelFiles, tmp_path: Path
+) -> None:
+    marker = tmp_path / f"pwned-{uuid.uuid4().hex}"
+    spec = torch.load(tiny_model_files.whisper, weights_only=True)
+    spec["extra"] = payloads(marker)["os.system"]
+    evil = tmp_path / "whisper-evil.pt"
+    torch.save(spec, evil)
+    with pytest.raises(ModelLoadError, match=r"refused: its pickle asks to call posix\.system"):
+        load_tokenizer(LoadOptions(model=str(tiny_model_files.quantizer), whisper=str(evil)))
+    assert not marker.exists()
+    # A Whisper file with metadata objects of a missing module still loads.
+    with throwaway_module("gone_whisper_meta", LIGHTNING_LIKE) as module:
+        module.TrainConfig.__module__ = "gone_whisper_meta"
+        spec["extra"] = module.TrainConfig()
+        meta = tmp_path / "whisper-meta.pt"
+        torch.save(spec, meta)
+    tokenizer, _ = load_tokenizer(
+        LoadOptions(model=str(tiny_model_files.quantizer), whisper=str(meta))
+    )
+    assert len(tokenizer.quantize([torch.zeros(16000)])[0]) == 25
+
+
+def test_named_callables_are_never_called_even_when_importable(
+    tiny_model_files: ModelFiles, tmp_path: Path
+) -> None:
+    """Safety rests on stand-ins being inert, not on a list of bad names."""
+    marker = tmp_path / f"pwned-{uuid.uuid4().hex}"
+    name = f"sidefx_{uuid.uuid4().hex[:8]}"
+    with throwaway_module(name, SIDE_EFFECT) as module:
+        module.touch.__module__ = name
+        spec = torch.load(tiny_model_files.quantizer, weights_only=True)
+        spec["hyper_parameters"] = Payload(module.touch, str(marker))
+        path = tmp_path / "calls-a-function.ckpt"
+        torch.save(spec, path)
+        loaded = load_checkpoint_file(path)  # the module is importable and still not run
+        assert read_checkpoint(path).dims.width == 384
+    assert not marker.exists()
+    assert isinstance(loaded["hyper_parameters"], StandIn)
+    assert loaded["hyper_parameters"].global_name == f"{name}.touch"
+    assert loaded["hyper_parameters"].args == (str(marker),)
+
+
+def test_objects_that_need_code_to_rebuild_are_refused(
+    tiny_model_files: ModelFiles, tmp_path: Path
+) -> None:
+    """A dict subclass is filled by calling its __setitem__: the restricted loader refuses."""
+    spec = torch.load(tiny_model_files.quantizer, weights_only=True)
+    with throwaway_module("gone_dicts", "class AttributeDict(dict):\n    pass\n") as module:
+        module.AttributeDict.__module__ = "gone_dicts"
+        spec["hyper_parameters"] = module.AttributeDict(lr=1.0)
+        path = tmp_path / "dict-subclass.ckpt"
+        torch.save(spec, path)
+    with pytest.raises(ModelLoadError, match=r"cannot be rebuilt without running code .*SETITEM"):
+        read_checkpoint(path)
+
+
+def test_a_file_saved_by_the_reference_loads_with_its_vqconfig(
+    tiny_model_files: ModelFiles, tmp_path: Path
+) -> None:
+    """ichigo-asr's save_model pickles its VQConfig and class: tunables come from the VQConfig."""
+    source = write_random_checkpoint(
+        tmp_path / "ws.model", dims_for(384, 513), format="whisperspeech", seed=3
+    )
+    reference = reference_model(source, tiny_model_files.whisper)
+    saved = tmp_path / "saved-by-ichigo-asr.model"
+    reference.save_model(saved)
+    names = torch.serialization.get_unsafe_globals_in_checkpoint(saved)  # read, not run
+    assert "ichigo_asr.config.vq_config.VQConfig" in names
+    assert "tunables" not in load_checkpoint_file(saved)
+    checkpoint = read_checkpoint(saved)
+    assert checkpoint.dims == read_checkpoint(source).dims
+    options = LoadOptions(model=str(saved), whisper=str(tiny_model_files.whisper))
+    clip = [torch.randn(2 * 16000) * 0.1]
+    got = load_tokenizer(options)[0].quantize(clip)[0]
+    with torch.no_grad():
+        assert got.tolist() == reference.quantize(clip[0][None])[0].tolist()
+
+
+def test_refused_whisperspeech_configs(tiny_model_files: ModelFiles, tmp_path: Path) -> None:
+    dims = dims_for(384, 513)
+    no_mask = write_random_checkpoint(
+        tmp_path / "no-mask.model", dims, format="whisperspeech", omit=("mask_embs",)
+    )
+    with pytest.raises(ModelLoadError, match=r"tunables\['mask_embs'\] is false .*whole padded"):
+        read_checkpoint(no_mask)
+    deep = tmp_path / "deep.model"
+    spec = torch.load(no_mask, weights_only=True)
+    spec["tunables"]["mask_embs"] = True
+    spec["config"]["q_depth"] = 12
+    torch.save(spec, deep)
+    with pytest.raises(ModelLoadError, match=r"config\['q_depth'\] = 12"):
+        read_checkpoint(deep)
+
+
+def test_whisper_with_other_audio_positions_is_refused(
+    tiny_model_files: ModelFiles, tmp_path: Path
+) -> None:
+    dims = replace(random_whisper_dims(384, n_layer=1), n_audio_ctx=1000)
+    odd = write_random_whisper(tmp_path / "ctx1000.pt", dims)
+    expect_error(
+        "has 1000 audio positions.*need Whisper's 1500",
+        model=str(tiny_model_files.quantizer),
+        whisper=str(odd),
+    )

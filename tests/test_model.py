@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -10,7 +13,10 @@ import whisper
 from models import ModelFiles
 
 from ichigo_stream.assets import sample_path
-from ichigo_stream.constants import SAMPLE_RATE, WINDOW_SAMPLES, n_tokens
+from ichigo_stream.checkpoint import dims_for, write_random_checkpoint
+from ichigo_stream.constants import SAMPLE_RATE, WINDOW_SAMPLES
+from ichigo_stream.errors import ModelLoadError
+from ichigo_stream.geometry import supported_downsamples
 from ichigo_stream.loading import LoadOptions, load_tokenizer
 from ichigo_stream.model import IchigoTokenizer, TextOptions
 from ichigo_stream.reference import reference_model
@@ -43,18 +49,18 @@ def load(files: ModelFiles, **kw: str) -> IchigoTokenizer:
     return tokenizer
 
 
-def assert_parity(files: ModelFiles, clips: list[torch.Tensor]) -> None:
+def assert_parity(files: ModelFiles, clips: list[torch.Tensor], min_distinct: int = 10) -> None:
     ours = load(files)
     reference = reference_model(files.quantizer, files.whisper)
     expected = [reference.quantize(clip[None])[0] for clip in clips]
     one_at_a_time = [ours.quantize([clip])[0] for clip in clips]
     batched = ours.quantize(clips)
     for clip, want, single, batch in zip(clips, expected, one_at_a_time, batched, strict=True):
-        assert len(want) == n_tokens(len(clip))
+        assert len(want) == ours.geometry.n_tokens(len(clip))
         assert single.tolist() == want.tolist()
         assert batch.tolist() == want.tolist()
     # Random weights still give varied tokens: a constant output would make parity vacuous.
-    assert len(set(torch.cat(batched).tolist())) > 10
+    assert len(set(torch.cat(batched).tolist())) > min_distinct
 
 
 def test_merged_checkpoint_matches_reference(
@@ -75,6 +81,73 @@ def test_tiny_checkpoint_matches_reference(
     tiny_model_files: ModelFiles, speech_30s: np.ndarray
 ) -> None:
     assert_parity(tiny_model_files, clips_of(speech_30s, LENGTHS, offset=555))
+
+
+# -- other downsample values: the reference's token counts and tokens, or a clear refusal -------
+
+
+def tiny_whisperspeech(
+    tiny_model_files: ModelFiles, root: Path, downsample: int, mean: bool = True, **kw: Any
+) -> ModelFiles:
+    """A width-384 513-code quantizer with this downsample, in the WhisperSpeech format."""
+    dims = dims_for(384, 513, downsample=downsample, downsample_mean=mean)
+    name = f"ds{downsample}-{'mean' if mean else 'stride'}.model"
+    path = write_random_checkpoint(root / name, dims, format="whisperspeech", seed=11, **kw)
+    return ModelFiles(path, tiny_model_files.whisper)
+
+
+@pytest.mark.parametrize(
+    ("downsample", "mean"), [(1, True), (1, False), (2, False), (5, True), (50, True)]
+)
+def test_other_downsamples_match_reference(
+    tiny_model_files: ModelFiles,
+    speech_30s: np.ndarray,
+    tmp_path: Path,
+    downsample: int,
+    mean: bool,
+) -> None:
+    assert downsample in supported_downsamples()
+    files = tiny_whisperspeech(tiny_model_files, tmp_path, downsample, mean)
+    tokenizer, info = load_tokenizer(
+        LoadOptions(model=str(files.quantizer), whisper=str(files.whisper))
+    )
+    assert tokenizer.geometry.tokens_per_window == 1500 // downsample
+    assert info.token_rate == 50 // downsample
+    full = tokenizer.quantize([torch.from_numpy(speech_30s)])[0]
+    assert len(full) == 1500 // downsample
+    # Few tokens per clip at large downsample: ask for fewer distinct ids there.
+    distinct = 10 if downsample < 50 else 5
+    assert_parity(files, clips_of(speech_30s, LENGTHS, offset=99 * downsample), distinct)
+
+
+def test_whisperspeech_file_without_downsample_gets_the_references_default_1(
+    tiny_model_files: ModelFiles, speech_30s: np.ndarray, tmp_path: Path
+) -> None:
+    """RQBottleneckTransformer(downsample=1) is what the reference builds for such a file."""
+    files = tiny_whisperspeech(tiny_model_files, tmp_path, 1, omit=("downsample",))
+    spec = torch.load(files.quantizer, weights_only=True)
+    assert "downsample" not in spec["config"]
+    tokenizer, info = load_tokenizer(
+        LoadOptions(model=str(files.quantizer), whisper=str(files.whisper))
+    )
+    assert tokenizer.dims.downsample == 1 and info.token_rate == 50
+    # 50 tokens per second, not the 25 that slicing for downsample 2 used to give.
+    assert [len(t) for t in tokenizer.quantize(clips_of(speech_30s, (1.0, 30.0)))] == [50, 1500]
+    assert_parity(files, clips_of(speech_30s, LENGTHS, offset=4321))
+
+
+@pytest.mark.parametrize("downsample", [3, 4, 7, 0])
+def test_unsupported_downsample_is_refused_at_load(
+    tiny_model_files: ModelFiles, tmp_path: Path, downsample: int
+) -> None:
+    files = tiny_whisperspeech(tiny_model_files, tmp_path, downsample)
+    with pytest.raises(ModelLoadError, match=rf"config\['downsample'\] = {downsample}: "):
+        load_tokenizer(LoadOptions(model=str(files.quantizer), whisper=str(files.whisper)))
+
+
+def test_ichigo_format_cannot_record_another_downsample(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="does not record downsample"):
+        write_random_checkpoint(tmp_path / "q.pth", dims_for(384, downsample=1))
 
 
 def test_token_counts_at_the_edges(tiny_model_files: ModelFiles, speech_30s: np.ndarray) -> None:

@@ -14,8 +14,9 @@ import torch
 from ichigo_stream import pipeline
 from ichigo_stream.assets import sample_path
 from ichigo_stream.audio import load_audio
-from ichigo_stream.constants import SAMPLE_RATE, SAMPLES_PER_TOKEN, WINDOW_SAMPLES, n_tokens
+from ichigo_stream.constants import SAMPLE_RATE, WINDOW_SAMPLES
 from ichigo_stream.errors import SegmentationError
+from ichigo_stream.geometry import TokenGeometry
 from ichigo_stream.pipeline import FileResult, SegmentResult, tokenize_files
 from ichigo_stream.segmentation import split
 
@@ -30,13 +31,15 @@ class FakeTokenizer:
         self.threads: set[int] = set()
         self.has_text_model = text
         self.device = torch.device("cpu")
+        self.geometry = TokenGeometry()
 
     def quantize(self, clips: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         self.batches.append(len(clips))
         self.threads.add(threading.get_ident())
         out = []
+        step = self.geometry.samples_per_token
         for clip in clips:
-            frames = clip[: n_tokens(len(clip)) * SAMPLES_PER_TOKEN].reshape(-1, SAMPLES_PER_TOKEN)
+            frames = clip[: self.geometry.n_tokens(len(clip)) * step].reshape(-1, step)
             out.append((frames.abs().sum(-1) * 1000).long() % 2561 + len(clip) % 7)
         return out
 

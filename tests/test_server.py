@@ -44,8 +44,9 @@ from streaming import (
 from websockets.exceptions import InvalidStatus
 
 from ichigo_stream.assets import sample_path
-from ichigo_stream.constants import SAMPLE_RATE, n_tokens
+from ichigo_stream.constants import SAMPLE_RATE
 from ichigo_stream.errors import IchigoStreamError
+from ichigo_stream.geometry import TokenGeometry
 from ichigo_stream.loading import load_tokenizer
 from ichigo_stream.model import IchigoTokenizer, TextOptions
 from ichigo_stream.model_info import ModelInfo
@@ -59,6 +60,7 @@ from ichigo_stream_server.config import ServerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = sample_path()
+n_tokens = TokenGeometry().n_tokens  # the test checkpoints have the released downsample, 2
 # Unpaced clients send as fast as the socket takes it: lift the rate limit for them.
 UNLIMITED = SessionLimits(max_realtime=1e6, realtime_burst_s=1e6)
 
