@@ -17,7 +17,7 @@ import torch
 from models import ModelFiles
 from streaming import http_get
 
-from ichigo_stream.constants import n_tokens
+from ichigo_stream.geometry import TokenGeometry
 from ichigo_stream.loading import LoadOptions, load_tokenizer
 from ichigo_stream.model import IchigoTokenizer
 from ichigo_stream.model_info import ModelInfo
@@ -128,7 +128,9 @@ class Instant:
 
     def quantize(self, clips: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         self.batches.append(len(clips))
-        return [torch.zeros(n_tokens(len(clip)), dtype=torch.long) for clip in clips]
+        return [
+            torch.zeros(TokenGeometry().n_tokens(len(clip)), dtype=torch.long) for clip in clips
+        ]
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
