@@ -40,6 +40,8 @@ from ichigo_stream.assets import sample_path
 from ichigo_stream.audio import load_audio
 from ichigo_stream.client import Connected, Connecting, Done, GaveUp, Ready, Reconnecting
 from ichigo_stream.constants import SAMPLE_RATE
+from ichigo_stream.messages import Capabilities
+from ichigo_stream.model_info import ModelInfo
 from ichigo_stream.segmentation import segment_vad
 from ichigo_stream.server_process import ServerProcess
 from ichigo_stream_client.mic import (
@@ -680,7 +682,8 @@ def test_the_view_shows_the_connection_from_the_clients_typed_events() -> None:
     url = "ws://127.0.0.1:9/v1/stream"
     view = RecordingView()
     app = MicApp(MicOptions(url=url), view)
-    ready = Ready(1, "session", {}, SAMPLE_RATE)
+    model = ModelInfo("q.pth", "0" * 64, 2561, 2048, 25, "medium")
+    ready = Ready(1, "session", model, SAMPLE_RATE, Capabilities())
     script = [
         (Connecting(url, 1), "connecting"),
         (Connected(ready, 0, 0.0), "connected"),
