@@ -16,13 +16,11 @@ from typing import Literal
 import numpy as np
 import webrtcvad
 
+from .audio import silence_non_finite, to_pcm16
 from .constants import SAMPLE_RATE, WINDOW_SAMPLES
 from .errors import AudioError, SegmentationError
 
 VAD_FRAME_MS = (10, 20, 30)  # the only frame sizes webrtcvad accepts
-# float -> int16 for webrtcvad with the scale PCM is read with (audio.PCM16_SCALE), so PCM that
-# came in as int16 and was read as float gives webrtcvad back exactly the same samples.
-INT16_SCALE = 32768
 
 
 def _ms_to_samples(ms: float) -> int:
@@ -131,8 +129,13 @@ class SegmentClosed:
 Event = SpeechStarted | EndpointCandidate | CandidateCancelled | SegmentClosed
 
 
-def to_int16(samples: np.ndarray) -> np.ndarray:
-    """16-bit PCM of mono samples given as int16 or float in [-1, 1] (clipped; NaN -> 0)."""
+def vad_pcm16(samples: np.ndarray) -> np.ndarray:
+    """webrtcvad's input: mono samples (int16, or float in [-1, 1]) as 16-bit PCM.
+
+    audio.to_pcm16's rule, the scale PCM is read with, so PCM that came in as int16 and was
+    read as float gives webrtcvad back exactly the same samples; floats are clipped, and
+    non-finite samples (a broken live source) read as silence, not as an error.
+    """
     samples = np.asarray(samples)
     if samples.ndim != 1:
         raise AudioError(f"expected 1-D mono samples, got shape {samples.shape}")
@@ -140,8 +143,7 @@ def to_int16(samples: np.ndarray) -> np.ndarray:
         return samples
     if not np.issubdtype(samples.dtype, np.floating):
         raise AudioError(f"expected float or int16 samples, got {samples.dtype}")
-    scaled = np.rint(np.nan_to_num(samples).astype(np.float64) * INT16_SCALE)
-    return np.clip(scaled, -32768, 32767).astype(np.int16)
+    return to_pcm16(silence_non_finite(samples))
 
 
 class VadSegmenter:
@@ -190,7 +192,7 @@ class VadSegmenter:
         """Feed mono 16 kHz samples (float in [-1, 1] or int16, any length)."""
         if self._finished:
             raise SegmentationError("push() after finish(): the segmenter is finished")
-        pcm = to_int16(samples)
+        pcm = vad_pcm16(samples)
         self._position += len(pcm)
         events: list[Event] = []
         i = 0

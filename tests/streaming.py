@@ -21,6 +21,7 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from ichigo_stream.audio import pcm16_to_float32
 from ichigo_stream.constants import SAMPLE_RATE
 from ichigo_stream.protocol import STREAM_PATH
 
@@ -35,15 +36,15 @@ Message = dict[str, Any]
 def encode_pcm(pcm: np.ndarray, encoding: str = "pcm_s16le", channels: int = 1) -> bytes:
     """16 kHz int16 samples as the wire bytes of `encoding`, the mono signal on every channel.
 
-    int16 / 32768 is exact in float32, and the mean of equal channels is the channel itself,
-    so every encoding here carries exactly the samples of the int16 file.
+    int16 / 32768 (pcm16_to_float32) is exact in float32, and the mean of equal channels is
+    the channel itself, so every encoding here carries exactly the samples of the int16 file.
     """
     if pcm.dtype != np.int16:
         raise TypeError(f"expected int16 samples, got {pcm.dtype}")
     if encoding == "pcm_s16le":
         samples: np.ndarray = pcm.astype("<i2")
     elif encoding == "pcm_f32le":
-        samples = (pcm.astype(np.float32) / np.float32(32768)).astype("<f4")
+        samples = pcm16_to_float32(pcm).astype("<f4")
     else:
         raise ValueError(f"unknown encoding {encoding!r}")
     return np.repeat(samples, channels).tobytes()  # interleaved frames

@@ -26,7 +26,7 @@ from ichigo_stream.segmentation import (
     segment_vad,
     segment_whole,
     split,
-    to_int16,
+    vad_pcm16,
 )
 
 SENTENCES = (
@@ -174,13 +174,13 @@ def test_one_sample_at_a_time_gives_the_same_events(speak: Speak, options: VadOp
 
 def test_int16_input_matches_float_input(paused: tuple[np.ndarray, list[int]]) -> None:
     audio = paused[0]
-    assert run(to_int16(audio), [4801] * 20, SHORT_CAP) == run(audio, [], SHORT_CAP)
+    assert run(vad_pcm16(audio), [4801] * 20, SHORT_CAP) == run(audio, [], SHORT_CAP)
     # Floats are clipped, not wrapped; NaN (a broken source) reads as silence.
     floats = np.array([2.0, -2.0, 1.0, -1.0, 0.25, np.nan], dtype=np.float32)
-    assert to_int16(floats).tolist() == [32767, -32768, 32767, -32768, 8192, 0]
+    assert vad_pcm16(floats).tolist() == [32767, -32768, 32767, -32768, 8192, 0]
     # PCM read as float (x / 32768) converts back to exactly the same PCM.
     pcm = np.arange(-32768, 32768, dtype=np.int16)
-    assert np.array_equal(to_int16(pcm.astype(np.float32) / 32768), pcm)
+    assert np.array_equal(vad_pcm16(pcm.astype(np.float32) / 32768), pcm)
 
 
 def test_bad_sample_arrays_raise_audio_error() -> None:
@@ -234,7 +234,7 @@ def test_continuous_speech_is_cut_without_losing_a_sample(
 @pytest.mark.parametrize("opts", CAP_OPTIONS)
 def test_max_length_cut_is_at_the_quietest_frame(continuous: np.ndarray, opts: VadOptions) -> None:
     frame, cap, search = opts.frame_samples, opts.cap_samples, opts.cut_search_samples
-    pcm = to_int16(continuous).astype(np.float64)
+    pcm = vad_pcm16(continuous).astype(np.float64)
     # Frame-sized pushes on the grid: a cut (cap reached in speech) closes and reopens in the
     # same push; a max-length close in post-speech silence does not reopen.
     seg, timed = VadSegmenter(opts), []

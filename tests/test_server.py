@@ -44,6 +44,7 @@ from streaming import (
 from websockets.exceptions import InvalidStatus
 
 from ichigo_stream.assets import sample_path
+from ichigo_stream.audio import pcm16_to_float32, to_pcm16
 from ichigo_stream.constants import SAMPLE_RATE, n_tokens
 from ichigo_stream.errors import IchigoStreamError
 from ichigo_stream.loading import load_tokenizer
@@ -93,10 +94,6 @@ def _write_clip(path: Path, pcm: np.ndarray) -> Clip:
     return Clip(path, _read_pcm(path))
 
 
-def _to_int16(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(x * 32768), -32768, 32767).astype(np.int16)
-
-
 @pytest.fixture(scope="module")
 def clips(
     tmp_path_factory: pytest.TempPathFactory, speak: Callable[..., np.ndarray]
@@ -109,8 +106,8 @@ def clips(
     assert len(segments) == 3, "the sample should hold three VAD segments"
     middle = (segments[1].start + segments[1].end) // 2
     cut = _write_clip(folder / "cut.wav", sample.pcm[:middle])
-    first = _to_int16(speak("Streaming tokens arrive while you speak."))
-    second = _to_int16(speak("Nothing is lost when the speaker stops abruptly"))
+    first = to_pcm16(speak("Streaming tokens arrive while you speak."))
+    second = to_pcm16(speak("Nothing is lost when the speaker stops abruptly"))
     silence = np.zeros(SAMPLE_RATE * 8 // 10, dtype=np.int16)
     speech = np.concatenate([first, silence, second[: len(second) * 85 // 100]])
     return {
@@ -165,7 +162,7 @@ def stream_segments(
         at = cut
     events += vad.push(pcm[at:]) + vad.finish()
     segments = [e.segment for e in events if isinstance(e, SegmentClosed)]
-    audio = pcm.astype(np.float32) / np.float32(32768)
+    audio = pcm16_to_float32(pcm)
     tokens = tokenizer.quantize([torch.from_numpy(audio[s.start : s.end]) for s in segments])
     return [
         (s.start / SAMPLE_RATE, s.end / SAMPLE_RATE, tuple(t.tolist()))
