@@ -67,6 +67,7 @@ from ichigo_stream.client import (
 )
 from ichigo_stream.constants import SAMPLE_RATE
 from ichigo_stream.errors import IchigoStreamError
+from ichigo_stream.terminal import printable
 
 from .common import add_connection_arguments, server_url
 from .terminal_view import (
@@ -74,7 +75,6 @@ from .terminal_view import (
     MicStatus,
     PlainView,
     View,
-    printable,
     reconnecting_line,
     segment_line,
 )
