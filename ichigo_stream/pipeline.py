@@ -20,7 +20,7 @@ import numpy as np
 
 from .audio import load_audio
 from .errors import IchigoStreamError, SegmentationError
-from .segmentation import DEFAULT_VAD_OPTIONS, Segment, VadOptions, split
+from .segmentation import DEFAULT_VAD_OPTIONS, Span, VadOptions, split
 
 if TYPE_CHECKING:  # the model side (torch) is only needed once tokenize_files runs
     from .model import IchigoTokenizer, TextOptions
@@ -74,7 +74,7 @@ class _Decoded:
 
     file: str
     audio: np.ndarray | None
-    segments: list[Segment]
+    segments: list[Span]
     error: str | None = None
 
 

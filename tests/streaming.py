@@ -113,8 +113,10 @@ def stream_url(port: int, query: str = "") -> str:
     return f"ws://127.0.0.1:{port}{STREAM_PATH}" + (f"?{query}" if query else "")
 
 
-class StreamClient:
-    """A protocol v1 client over a real socket; server messages are read in the background."""
+class WireClient:
+    """A raw protocol v1 client over a real socket: the tests' view of the wire, messages as
+    plain JSON dicts read in the background (ichigo_stream.client.StreamClient is the real one,
+    typed, reconnecting; tests of the server must not depend on it)."""
 
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
@@ -131,7 +133,7 @@ class StreamClient:
         token: str | None = None,
         query: str = "",
         origin: str | None = None,
-    ) -> StreamClient:
+    ) -> WireClient:
         headers = {"Authorization": f"Bearer {token}"} if token is not None else None
         ws = await connect(
             stream_url(port, query),
@@ -268,7 +270,7 @@ async def run_session(
     **connect_options: Any,
 ) -> Outcome:
     """One whole session: start, all the audio, stop, and everything up to the close."""
-    client = await StreamClient.connect(port, **connect_options)
+    client = await WireClient.connect(port, **connect_options)
     await client.start(**(start or {}))
     await client.send_audio(data, sizes, realtime=realtime, rate=rate)
     await client.stop()
