@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ichigo_stream.constants import SAMPLE_RATE
-from ichigo_stream.segmentation import Segment, segment_vad
+from ichigo_stream.segmentation import Span, segment_vad
 
 if TYPE_CHECKING:
     from stream_load import LoadSpec
@@ -76,7 +76,7 @@ def analyse_session(rec: dict, pcm: np.ndarray, spec: LoadSpec) -> dict:
     for arrival, msg in segments:
         start, end = round(msg["start"] * SAMPLE_RATE), round(msg["end"] * SAMPLE_RATE)
         received_spans.add((start, end))
-        ref: Segment | None = by_span.get((start, end))
+        ref: Span | None = by_span.get((start, end))
         row = dict(
             segment=msg["segment"],
             start=msg["start"],

@@ -24,7 +24,7 @@ from stream_analysis import analyse_session
 from stream_report import log
 
 from ichigo_stream.assets import sample_path
-from ichigo_stream.audio import load_audio
+from ichigo_stream.audio import load_audio, to_pcm16
 from ichigo_stream.constants import SAMPLE_RATE
 from ichigo_stream.segmentation import VadOptions
 
@@ -41,11 +41,7 @@ def speech_files(files: list[Path] | None, cache: Path) -> list[Path]:
 
 def load_clips(files: list[Path]) -> list[np.ndarray]:
     """Each file as 16 kHz int16 PCM (what the client sends)."""
-    clips = []
-    for path in files:
-        audio = load_audio(path)
-        clips.append(np.clip(np.rint(audio * 32768.0), -32768, 32767).astype(np.int16))
-    return clips
+    return [to_pcm16(load_audio(path)) for path in files]
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
+from ichigo_stream.audio import StreamResampler, downmix, silence_non_finite, to_pcm16
 from ichigo_stream.cli_common import (
     EXIT_ERROR,
     EXIT_FILES_FAILED,
@@ -66,6 +67,7 @@ from ichigo_stream.client import (
 )
 from ichigo_stream.constants import SAMPLE_RATE
 from ichigo_stream.errors import IchigoStreamError
+from ichigo_stream.terminal import printable
 
 from .common import add_connection_arguments, server_url
 from .terminal_view import (
@@ -73,7 +75,6 @@ from .terminal_view import (
     MicStatus,
     PlainView,
     View,
-    printable,
     reconnecting_line,
     segment_line,
 )
@@ -320,10 +321,6 @@ def find_device(devices: Sequence[InputDevice], spec: str | None) -> InputDevice
 # -- capture --------------------------------------------------------------------------------------
 
 
-def _pcm16(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(x * np.float32(32768)), -32768, 32767).astype(np.int16)
-
-
 class MicCapture:
     """A PortAudio input stream -> 16 kHz int16 chunks, as an async iterator (chunks()).
 
@@ -346,13 +343,9 @@ class MicCapture:
         self.channels = 1
         self._limit = max(1, round(buffer_s * SAMPLE_RATE))
         self._stream: Any = None
-        self._resampler: Any = None
-        if self.rate != SAMPLE_RATE:
-            import soxr
-
-            # One stream for the whole capture: a resampler per block would restart its
-            # filter at every block edge (clicks, and a fraction of a sample lost each time).
-            self._resampler = soxr.ResampleStream(self.rate, SAMPLE_RATE, 1, dtype="float32")
+        # One resampler for the whole capture, the one the server's stream decoder uses:
+        # the same samples in the same blocks give the same 16 kHz audio on both sides.
+        self._resampler = StreamResampler(self.rate, SAMPLE_RATE)
         # (16 kHz int16 samples, monotonic time its last sample reached us), oldest first
         self._queue: deque[tuple[np.ndarray, float]] = deque()
         self._queued = 0
@@ -425,10 +418,9 @@ class MicCapture:
                 log.warning("the input device did not close within %g s", CLOSE_TIMEOUT_S)
         finally:
             if not self._ended:
-                if self._resampler is not None:
-                    tail = self._resampler.resample_chunk(np.zeros(0, np.float32), last=True)
-                    if len(tail):
-                        self._push(_pcm16(tail), time.monotonic())
+                tail = self._resampler.flush()
+                if len(tail):
+                    self._push(to_pcm16(tail), time.monotonic())
                 self._ended = True
                 self._wake.set()
 
@@ -469,13 +461,14 @@ class MicCapture:
         self._last_block_at = at
         if overflow:
             self.overflows += 1
-        mono = block[:, 0] if block.shape[1] == 1 else block.mean(axis=1, dtype=np.float32)
+        # A driver's NaN burst is heard as silence (audio.silence_non_finite says why).
+        mono = silence_non_finite(downmix(block))
         self.frames_in += len(mono)
         if len(mono):
             self._level = max(self._level, float(np.sqrt(np.mean(np.square(mono)))))
-        out = mono if self._resampler is None else self._resampler.resample_chunk(mono)
+        out = self._resampler.push(mono)
         if len(out):
-            self._push(_pcm16(out), at)
+            self._push(to_pcm16(out), at)
 
     def _push(self, pcm: np.ndarray, at: float) -> None:
         self._queue.append((pcm, at))

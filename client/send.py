@@ -35,9 +35,10 @@ from ichigo_stream.client import (
     stream,
 )
 from ichigo_stream.constants import SAMPLE_RATE
+from ichigo_stream.terminal import printable
 
 from .common import add_connection_arguments, server_url, speed_arg
-from .terminal_view import printable, reconnecting_line
+from .terminal_view import reconnecting_line
 
 CHUNK_S = 0.1  # paced chunks: what a live source would send
 FAST_CHUNK_S = 0.5  # unpaced: fewer, larger messages
@@ -120,14 +121,15 @@ def add_send_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def segment_line(segment: Segment) -> str:
+    """`[START - END] #I  N tokens  TEXT` (+ the LLM line); server text made printable."""
     line = (
         f"[{segment.start:8.3f} - {segment.end:8.3f}] #{segment.segment:<3d} "
         f"{len(segment.tokens):4d} tokens"
     )
     if segment.text:
-        line += f"  {segment.text.strip()}"
+        line += f"  {printable(segment.text.strip())}"
     if segment.llm:
-        line += f"\n    {segment.llm}"
+        line += f"\n    {printable(segment.llm)}"
     return line
 
 

@@ -20,6 +20,7 @@ from typing import Protocol, TextIO
 
 from ichigo_stream.cli_common import PROG
 from ichigo_stream.client import Reconnecting, Segment
+from ichigo_stream.terminal import printable
 
 __all__ = [
     "LiveView",
@@ -27,7 +28,6 @@ __all__ = [
     "PlainView",
     "View",
     "level_meter",
-    "printable",
     "reconnecting_line",
     "segment_line",
     "status_lines",
@@ -75,12 +75,6 @@ class View(Protocol):
 
     def close(self) -> None:
         """Leave the terminal as it was found (idempotent)."""
-
-
-def printable(text: str) -> str:
-    """Server text with control characters (an escape sequence could rewrite the screen)
-    replaced by spaces."""
-    return "".join(c if c.isprintable() else " " for c in text)
 
 
 def segment_line(segment: Segment, latency_ms: float | None = None, *, llm: bool = True) -> str:

@@ -26,6 +26,7 @@ from .errors import AudioError
 RESAMPLE_QUALITY = "HQ"
 
 PCM16_SCALE = 32768.0  # int16 <-> float: x / 2**15, as libsndfile and ffmpeg read it
+PCM16_MIN, PCM16_MAX = -32768, 32767  # int16's range: float -> PCM16 clips to it
 FFMPEG = "ffmpeg"
 FFPROBE = "ffprobe"
 FFMPEG_INSTALL_HINT = (
@@ -42,8 +43,8 @@ def _error(name: str, problem: str) -> AudioError:
 def resample(x: np.ndarray, from_rate: int, to_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Resample float audio (frames, or frames x channels) from from_rate to to_rate with soxr.
 
-    For one whole signal. A stream that arrives in chunks needs soxr.ResampleStream (with
-    RESAMPLE_QUALITY): resampling each chunk alone would put edge artefacts at every seam.
+    For one whole signal. A stream that arrives in chunks needs StreamResampler: resampling
+    each chunk alone would put edge artefacts at every seam.
     """
     if from_rate <= 0 or to_rate <= 0:
         raise AudioError(f"sample rates must be positive, got {from_rate} -> {to_rate}")
@@ -79,16 +80,91 @@ def pcm16_to_float32(pcm: bytes | bytearray | memoryview | np.ndarray) -> np.nda
     return samples.astype(np.float32) / np.float32(PCM16_SCALE)
 
 
+def to_pcm16(samples: np.ndarray) -> np.ndarray:
+    """Samples as int16: int16 passes through; floats are scaled by 2**15, rounded, clipped.
+
+    The one float -> PCM16 rule of the project (the page's capture worklet mirrors it in
+    floatToPcm16, tested to agree byte for byte): the value is taken as float32 first (the
+    protocol's sample type), times 2**15 (exact), rounded half to even (np.rint), clipped to
+    [-32768, 32767]. So PCM read as float (pcm16_to_float32) converts back to the same PCM,
+    and +1.0 saturates at 32767. Non-finite samples are an AudioError: no value is right for
+    them; a live source that can produce them cleans them first (silence_non_finite).
+    """
+    samples = np.asarray(samples)
+    if samples.dtype == np.int16:
+        return samples
+    if not np.issubdtype(samples.dtype, np.floating):
+        raise AudioError(f"expected float or int16 samples, got dtype {samples.dtype}")
+    if not np.isfinite(samples).all():
+        raise AudioError("cannot convert non-finite samples (NaN or inf) to 16-bit PCM")
+    # A finite value beyond float32's range (or x * 2**15 beyond it) becomes +-inf here,
+    # which clips like any other loud sample.
+    with np.errstate(over="ignore"):
+        scaled = np.rint(samples.astype(np.float32) * np.float32(PCM16_SCALE))
+    return np.clip(scaled, PCM16_MIN, PCM16_MAX).astype(np.int16)
+
+
 def float32_to_pcm16(x: np.ndarray) -> bytes:
-    """Float audio -> little-endian 16-bit PCM bytes; values outside [-1, 1) are clipped.
+    """Float audio -> little-endian 16-bit PCM bytes by to_pcm16's rule (clipped, NaN refused).
 
     Uses the same 2**15 scale as pcm16_to_float32, so PCM -> float -> PCM is exact.
     """
-    x = np.asarray(x, dtype=np.float32)
-    if not np.isfinite(x).all():
-        raise AudioError("cannot convert non-finite samples (NaN or inf) to 16-bit PCM")
-    scaled = np.clip(np.rint(x * np.float32(PCM16_SCALE)), -32768, 32767)
-    return scaled.astype("<i2").tobytes()
+    return to_pcm16(x).astype("<i2").tobytes()
+
+
+def silence_non_finite(samples: np.ndarray) -> np.ndarray:
+    """Float samples with every NaN or infinity replaced by 0.0 (silence); dtype kept.
+
+    For live sources only (a microphone, the VAD's input): a broken driver can deliver a
+    burst of NaN, and a live stream cannot be re-read, so the burst is heard as silence
+    rather than ending the stream. It must happen before resampling: one NaN inside a
+    resampler's filter state would spread over every output sample it touches. Files and
+    API callers get an AudioError for the same samples instead (load_audio, to_pcm16).
+    """
+    x = np.asarray(samples)
+    finite = np.isfinite(x)
+    return x if finite.all() else np.where(finite, x, x.dtype.type(0))
+
+
+class StreamResampler:
+    """One live stream's mono float32 samples at `from_rate` -> `to_rate`, chunk by chunk.
+
+    Stateful: one soxr stream for the whole stream, so its filter state carries across
+    chunks and a stream cut into chunks anywhere resamples like one signal (resampling each
+    chunk alone would restart the filter at every seam: clicks, and a fraction of a sample
+    lost each time). Equal rates are passed through untouched (bit-exact).
+    """
+
+    def __init__(self, from_rate: int, to_rate: int = SAMPLE_RATE) -> None:
+        if from_rate <= 0 or to_rate <= 0:
+            raise AudioError(f"sample rates must be positive, got {from_rate} -> {to_rate}")
+        self.from_rate = from_rate
+        self.to_rate = to_rate
+        self._stream = (
+            None
+            if from_rate == to_rate
+            else soxr.ResampleStream(
+                from_rate, to_rate, 1, dtype="float32", quality=RESAMPLE_QUALITY
+            )
+        )
+        self._flushed = False
+
+    def push(self, mono: np.ndarray) -> np.ndarray:
+        """The output samples this chunk completes (the filter holds back its look-ahead)."""
+        if self._flushed:
+            raise AudioError("push() after flush(): the stream has ended")
+        if self._stream is None:
+            return mono
+        return self._stream.resample_chunk(mono)
+
+    def flush(self) -> np.ndarray:
+        """The end of the stream: the samples the filter still holds. Once."""
+        if self._flushed:
+            raise AudioError("flush() twice: the stream has already ended")
+        self._flushed = True
+        if self._stream is None:
+            return np.zeros(0, dtype=np.float32)
+        return self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
 
 
 def _check_path(name: str) -> None:
@@ -184,9 +260,9 @@ PCM_DTYPES = {"pcm_s16le": np.dtype("<i2"), "pcm_f32le": np.dtype("<f4")}
 class PcmStreamDecoder:
     """Raw PCM messages of one live stream -> mono float32 at 16 kHz.
 
-    Stateful: the soxr stream resampler carries its filter state across messages, so a
-    stream cut into messages anywhere resamples like one signal. 16 kHz input is not
-    resampled at all (bit-exact with reading the same PCM from a file).
+    Stateful: its StreamResampler carries the filter state across messages, so a stream cut
+    into messages anywhere resamples like one signal. 16 kHz input is not resampled at all
+    (bit-exact with reading the same PCM from a file).
     """
 
     def __init__(self, sample_rate: int, encoding: str, channels: int) -> None:
@@ -195,13 +271,7 @@ class PcmStreamDecoder:
         self.dtype = PCM_DTYPES[encoding]
         self.channels = channels
         self.frame_bytes = self.dtype.itemsize * channels
-        self._resampler = (
-            None
-            if sample_rate == SAMPLE_RATE
-            else soxr.ResampleStream(
-                sample_rate, SAMPLE_RATE, 1, dtype="float32", quality=RESAMPLE_QUALITY
-            )
-        )
+        self._resampler = StreamResampler(sample_rate, SAMPLE_RATE)
 
     def decode(self, data: bytes) -> np.ndarray:
         if len(data) % self.frame_bytes:
@@ -215,14 +285,9 @@ class PcmStreamDecoder:
                 raise AudioError("audio contains NaN or infinite samples")
             samples = raw.astype(np.float32)
         else:
-            samples = raw.astype(np.float32) / np.float32(PCM16_SCALE)
-        mono = downmix(samples.reshape(-1, self.channels))
-        if self._resampler is None:
-            return mono
-        return self._resampler.resample_chunk(mono)
+            samples = pcm16_to_float32(raw)
+        return self._resampler.push(downmix(samples.reshape(-1, self.channels)))
 
     def finish(self) -> np.ndarray:
         """The resampler's tail at the end of the stream."""
-        if self._resampler is None:
-            return np.zeros(0, dtype=np.float32)
-        return self._resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+        return self._resampler.flush()

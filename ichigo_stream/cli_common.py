@@ -17,6 +17,7 @@ from .errors import IchigoStreamError, SegmentationError
 from .options import DEFAULT_MODEL, DTYPE_NAMES, LoadOptions, device_problem, dtype_problem
 from .pipeline import SEGMENT_MODES, FileResult, SegmentMode, tokenize_files
 from .segmentation import VadOptions
+from .terminal import printable
 
 if TYPE_CHECKING:
     from .model import IchigoTokenizer, TextOptions
@@ -185,8 +186,8 @@ def add_output_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def error_line(message: str) -> None:
-    """One line on stderr, whatever the message holds."""
-    line = f"{PROG}: error: {' '.join(message.split())}"
+    """One line on stderr, whatever the message holds (a server's words: made printable)."""
+    line = f"{PROG}: error: {' '.join(printable(message).split())}"
     if "tqdm" in sys.modules and sys.stderr.isatty():
         from tqdm import tqdm
 

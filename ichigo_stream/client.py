@@ -63,7 +63,7 @@ from websockets.exceptions import (
     InvalidURI,
 )
 
-from .audio import PCM16_SCALE, float32_to_pcm16
+from .audio import float32_to_pcm16, pcm16_to_float32
 from .client_events import (
     Connected,
     Connecting,
@@ -175,7 +175,7 @@ def encode_audio(
     if audio.dtype == np.int16:
         if options.encoding == "pcm_s16le":
             return audio.astype("<i2").tobytes()
-        return (audio.astype(np.float32) / np.float32(PCM16_SCALE)).astype("<f4").tobytes()
+        return pcm16_to_float32(audio).astype("<f4").tobytes()
     if not np.issubdtype(audio.dtype, np.floating):
         raise AudioError(f"expected float or int16 samples, got dtype {audio.dtype}")
     if options.encoding == "pcm_s16le":

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -20,7 +20,7 @@ import numpy as np
 
 from .audio import load_audio
 from .errors import IchigoStreamError, SegmentationError
-from .segmentation import DEFAULT_VAD_OPTIONS, Segment, VadOptions, split
+from .segmentation import DEFAULT_VAD_OPTIONS, Span, VadOptions, split
 
 if TYPE_CHECKING:  # the model side (torch) is only needed once tokenize_files runs
     from .model import IchigoTokenizer, TextOptions
@@ -74,7 +74,7 @@ class _Decoded:
 
     file: str
     audio: np.ndarray | None
-    segments: list[Segment]
+    segments: list[Span]
     error: str | None = None
 
 
@@ -113,28 +113,48 @@ class _Pending:
         return FileResult(d.file, segments, len(d.audio), None, d.audio if keep_audio else None)
 
 
+def clip_tokens(tokenizer: IchigoTokenizer, clips: Sequence[np.ndarray]) -> list[list[int]]:
+    """Tokens of each 16 kHz mono float32 clip (<= 30 s), in one encoder batch.
+
+    The model step of the offline pipeline and of the server's worker alike.
+    """
+    import torch
+
+    return [tokens.tolist() for tokens in tokenizer.quantize([torch.from_numpy(c) for c in clips])]
+
+
+def token_texts(
+    tokenizer: IchigoTokenizer, token_lists: Sequence[Sequence[int]], options: TextOptions
+) -> list[str]:
+    """Whisper's text of each token list, in one decoder batch (the text model must be loaded).
+
+    The text step of the offline pipeline and of the server's worker alike. A list with no
+    tokens (a clip under one token: 40 ms at downsample 2) has nothing to decode: its text is "".
+    """
+    todo = [k for k, tokens in enumerate(token_lists) if len(tokens)]
+    texts = [""] * len(token_lists)
+    if todo:
+        decoded = tokenizer.decode_text([token_lists[k] for k in todo], options)
+        for k, text in zip(todo, decoded, strict=True):
+            texts[k] = text
+    return texts
+
+
 def _run_batch(
     tokenizer: IchigoTokenizer,
     batch: list[tuple[_Pending, int]],
     text_options: TextOptions | None,
 ) -> None:
     """One encoder batch (and, for text, one decoder batch) over segments of any files."""
-    import torch
-
     clips = []
     for pending, i in batch:
         seg, audio = pending.decoded.segments[i], pending.decoded.audio
         assert audio is not None
-        clips.append(torch.from_numpy(audio[seg.start : seg.end]))
-    token_lists = [t.tolist() for t in tokenizer.quantize(clips)]
+        clips.append(audio[seg.start : seg.end])
+    token_lists = clip_tokens(tokenizer, clips)
     texts: list[str | None] = [None] * len(batch)
     if text_options is not None:
-        # A clip under one token (40 ms at downsample 2) has nothing to decode: its text is empty.
-        todo = [k for k, tokens in enumerate(token_lists) if tokens]
-        decoded = tokenizer.decode_text([token_lists[k] for k in todo], text_options)
-        texts = [""] * len(batch)
-        for k, text in zip(todo, decoded, strict=True):
-            texts[k] = text
+        texts = list(token_texts(tokenizer, token_lists, text_options))
     for (pending, i), tokens, text in zip(batch, token_lists, texts, strict=True):
         pending.tokens[i] = tokens
         pending.texts[i] = text

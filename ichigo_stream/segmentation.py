@@ -16,13 +16,11 @@ from typing import Literal
 import numpy as np
 import webrtcvad
 
+from .audio import silence_non_finite, to_pcm16
 from .constants import SAMPLE_RATE, WINDOW_SAMPLES
 from .errors import AudioError, SegmentationError
 
 VAD_FRAME_MS = (10, 20, 30)  # the only frame sizes webrtcvad accepts
-# float -> int16 for webrtcvad with the scale PCM is read with (audio.PCM16_SCALE), so PCM that
-# came in as int16 and was read as float gives webrtcvad back exactly the same samples.
-INT16_SCALE = 32768
 
 
 def _ms_to_samples(ms: float) -> int:
@@ -94,8 +92,9 @@ DEFAULT_VAD_OPTIONS = VadOptions()
 
 
 @dataclass(frozen=True)
-class Segment:
-    """Samples [start, end) of the 16 kHz timeline, and why the segment ended."""
+class Span:
+    """Samples [start, end) of the 16 kHz timeline that the model reads as one clip, and why
+    it ended. (Not messages.Segment, the wire message that carries a span's tokens.)"""
 
     start: int
     end: int
@@ -125,14 +124,20 @@ class CandidateCancelled:
 @dataclass(frozen=True)
 class SegmentClosed:
     index: int
-    segment: Segment
+    span: Span
 
 
-Event = SpeechStarted | EndpointCandidate | CandidateCancelled | SegmentClosed
+# What the VAD decides as audio arrives (not the client's StreamEvent, nor the wire messages).
+VadEvent = SpeechStarted | EndpointCandidate | CandidateCancelled | SegmentClosed
 
 
-def to_int16(samples: np.ndarray) -> np.ndarray:
-    """16-bit PCM of mono samples given as int16 or float in [-1, 1] (clipped; NaN -> 0)."""
+def vad_pcm16(samples: np.ndarray) -> np.ndarray:
+    """webrtcvad's input: mono samples (int16, or float in [-1, 1]) as 16-bit PCM.
+
+    audio.to_pcm16's rule, the scale PCM is read with, so PCM that came in as int16 and was
+    read as float gives webrtcvad back exactly the same samples; floats are clipped, and
+    non-finite samples (a broken live source) read as silence, not as an error.
+    """
     samples = np.asarray(samples)
     if samples.ndim != 1:
         raise AudioError(f"expected 1-D mono samples, got shape {samples.shape}")
@@ -140,8 +145,7 @@ def to_int16(samples: np.ndarray) -> np.ndarray:
         return samples
     if not np.issubdtype(samples.dtype, np.floating):
         raise AudioError(f"expected float or int16 samples, got {samples.dtype}")
-    scaled = np.rint(np.nan_to_num(samples).astype(np.float64) * INT16_SCALE)
-    return np.clip(scaled, -32768, 32767).astype(np.int16)
+    return to_pcm16(silence_non_finite(samples))
 
 
 class VadSegmenter:
@@ -186,13 +190,13 @@ class VadSegmenter:
     def finished(self) -> bool:
         return self._finished
 
-    def push(self, samples: np.ndarray) -> list[Event]:
+    def push(self, samples: np.ndarray) -> list[VadEvent]:
         """Feed mono 16 kHz samples (float in [-1, 1] or int16, any length)."""
         if self._finished:
             raise SegmentationError("push() after finish(): the segmenter is finished")
-        pcm = to_int16(samples)
+        pcm = vad_pcm16(samples)
         self._position += len(pcm)
-        events: list[Event] = []
+        events: list[VadEvent] = []
         i = 0
         if self._n_pending:
             i = min(self._frame - self._n_pending, len(pcm))
@@ -210,17 +214,17 @@ class VadSegmenter:
         self._n_pending = rest
         return events
 
-    def flush(self) -> list[Event]:
+    def flush(self) -> list[VadEvent]:
         """Close the open segment at the samples pushed so far (capped); no-op when none is open."""
-        events: list[Event] = []
+        events: list[VadEvent] = []
         if self._start is not None:
             end = min(self._position, self._start + self.options.cap_samples)
             self._close(end, "flush", events)
         return events
 
-    def finish(self) -> list[Event]:
+    def finish(self) -> list[VadEvent]:
         """End of input: close the open segment after its last voiced frame plus the tail."""
-        events: list[Event] = []
+        events: list[VadEvent] = []
         if self._start is not None:
             opts = self.options
             end = min(
@@ -232,7 +236,7 @@ class VadSegmenter:
         self._finished = True
         return events
 
-    def _frame_step(self, frame: np.ndarray, events: list[Event]) -> None:
+    def _frame_step(self, frame: np.ndarray, events: list[VadEvent]) -> None:
         opts = self.options
         f_end = (self._frames_done + 1) * self._frame
         self._frames_done += 1
@@ -271,7 +275,7 @@ class VadSegmenter:
         elif f_end >= start + opts.cap_samples:
             self._close(end, "max_length", events)
 
-    def _cut(self, f_end: int, events: list[Event]) -> None:
+    def _cut(self, f_end: int, events: list[VadEvent]) -> None:
         """At the cap in speech: cut after the quietest earlier frame, reopen at the cut."""
         start = self._start
         assert start is not None
@@ -289,33 +293,33 @@ class VadSegmenter:
         self._last_voiced_end = f_end
         events.append(SpeechStarted(self._index, best_end))
 
-    def _close(self, end: int, reason: str, events: list[Event]) -> None:
+    def _close(self, end: int, reason: str, events: list[VadEvent]) -> None:
         assert self._start is not None
-        events.append(SegmentClosed(self._index, Segment(self._start, end, reason)))
+        events.append(SegmentClosed(self._index, Span(self._start, end, reason)))
         self._index += 1
         self._prev_end = end
         self._start = None
         self._candidate = False
 
 
-def segment_vad(audio: np.ndarray, options: VadOptions = DEFAULT_VAD_OPTIONS) -> list[Segment]:
+def segment_vad(audio: np.ndarray, options: VadOptions = DEFAULT_VAD_OPTIONS) -> list[Span]:
     """Speech segments of a whole clip: the streaming chunker fed everything at once."""
     segmenter = VadSegmenter(options)
     events = segmenter.push(audio) + segmenter.finish()
-    return [e.segment for e in events if isinstance(e, SegmentClosed)]
+    return [e.span for e in events if isinstance(e, SegmentClosed)]
 
 
-def segment_fixed(n_samples: int) -> list[Segment]:
+def segment_fixed(n_samples: int) -> list[Span]:
     """Back-to-back 30 s windows covering [0, n_samples); the last one may be shorter."""
     if n_samples < 0:
         raise SegmentationError(f"n_samples must be >= 0, got {n_samples}")
     return [
-        Segment(s, min(s + WINDOW_SAMPLES, n_samples), "fixed")
+        Span(s, min(s + WINDOW_SAMPLES, n_samples), "fixed")
         for s in range(0, n_samples, WINDOW_SAMPLES)
     ]
 
 
-def segment_whole(n_samples: int) -> list[Segment]:
+def segment_whole(n_samples: int) -> list[Span]:
     """One window [0, n_samples); over 30 s is an error, never a silent cut."""
     if n_samples < 0:
         raise SegmentationError(f"n_samples must be >= 0, got {n_samples}")
@@ -324,14 +328,14 @@ def segment_whole(n_samples: int) -> list[Segment]:
             f"audio is {n_samples / SAMPLE_RATE:.2f} s, over one {WINDOW_SAMPLES // SAMPLE_RATE} s "
             "window: use segment mode 'vad' or 'fixed'"
         )
-    return [Segment(0, n_samples, "whole")] if n_samples else []
+    return [Span(0, n_samples, "whole")] if n_samples else []
 
 
 def split(
     audio: np.ndarray,
     mode: Literal["vad", "fixed", "none"],
     options: VadOptions = DEFAULT_VAD_OPTIONS,
-) -> list[Segment]:
+) -> list[Span]:
     """Segments of a 16 kHz mono clip under the given segment mode."""
     if mode == "vad":
         return segment_vad(audio, options)

@@ -39,9 +39,9 @@ from .protocol import PROTOCOL_VERSION, StartOptions, seconds
 from .segmentation import (
     CandidateCancelled,
     EndpointCandidate,
-    Event,
     SegmentClosed,
     SpeechStarted,
+    VadEvent,
     VadSegmenter,
 )
 from .stream_buffer import AudioBuffer
@@ -296,7 +296,7 @@ class ServerSession:
 
     # -- segmentation events -> jobs and messages --------------------------------------------
 
-    def _events(self, events: list[Event], now: float) -> list[Action]:
+    def _events(self, events: list[VadEvent], now: float) -> list[Action]:
         actions: list[Action] = []
         offset = self.options.offset_samples
         for event in events:
@@ -319,12 +319,12 @@ class ServerSession:
 
     def _close_segment(self, event: SegmentClosed, now: float) -> list[Action]:
         actions: list[Action] = []
-        segment = event.segment
+        span = event.span
         final = self._finals.get(event.index)
-        if final is None or (final.job.start, final.job.end) != (segment.start, segment.end):
+        if final is None or (final.job.start, final.job.end) != (span.start, span.end):
             if final is not None:
                 actions.append(Cancel(final.job))
-            final = _Final(self._job(event.index, "final", segment.start, segment.end))
+            final = _Final(self._job(event.index, "final", span.start, span.end))
             self._finals[event.index] = final
             actions.append(Submit(final.job))
         final.closed_at = now

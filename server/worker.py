@@ -20,9 +20,10 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-import torch
+import numpy as np
 
 from ichigo_stream.model import IchigoTokenizer, TextOptions
+from ichigo_stream.pipeline import clip_tokens, token_texts
 from ichigo_stream.session import Job, JobResult
 
 from .metrics import BATCH_BUCKETS, Histogram
@@ -141,10 +142,10 @@ class ModelWorker:
 
         Model work on the calling thread: call it off the event loop (running_server does).
         """
-        silence = torch.zeros(16_000)
-        tokens = self.tokenizer.quantize([silence] * min(2, self.max_batch))
+        silence = np.zeros(16_000, dtype=np.float32)
+        tokens = clip_tokens(self.tokenizer, [silence] * min(2, self.max_batch))
         if text and self.tokenizer.has_text_model:
-            self.tokenizer.decode_text([tokens[0].tolist()])
+            token_texts(self.tokenizer, tokens[:1], TextOptions())
 
     # -- worker thread ---------------------------------------------------------------------
 
@@ -186,8 +187,7 @@ class ModelWorker:
     def _quantize(self, jobs: Sequence[Job]) -> list[list[int]]:
         self._busy_since = time.monotonic()
         try:
-            clips = [torch.from_numpy(job.audio) for job in jobs]
-            return [tokens.tolist() for tokens in self.tokenizer.quantize(clips)]
+            return clip_tokens(self.tokenizer, [job.audio for job in jobs])
         finally:
             self._busy_since = None
 
@@ -219,11 +219,7 @@ class ModelWorker:
     def _run_text(self, job: Job, tokens: list[int]) -> None:
         self._busy_since = time.monotonic()
         try:
-            text = (
-                self.tokenizer.decode_text([tokens], TextOptions(language=job.language))[0]
-                if tokens
-                else ""
-            )
+            text = token_texts(self.tokenizer, [tokens], TextOptions(language=job.language))[0]
             with self._cond:
                 self.stats.texts_decoded += 1
             self.on_result(job, JobResult(tokens=tokens, text=text))

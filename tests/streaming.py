@@ -21,6 +21,7 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from ichigo_stream.audio import pcm16_to_float32
 from ichigo_stream.constants import SAMPLE_RATE
 from ichigo_stream.protocol import STREAM_PATH
 
@@ -35,15 +36,15 @@ Message = dict[str, Any]
 def encode_pcm(pcm: np.ndarray, encoding: str = "pcm_s16le", channels: int = 1) -> bytes:
     """16 kHz int16 samples as the wire bytes of `encoding`, the mono signal on every channel.
 
-    int16 / 32768 is exact in float32, and the mean of equal channels is the channel itself,
-    so every encoding here carries exactly the samples of the int16 file.
+    int16 / 32768 (pcm16_to_float32) is exact in float32, and the mean of equal channels is
+    the channel itself, so every encoding here carries exactly the samples of the int16 file.
     """
     if pcm.dtype != np.int16:
         raise TypeError(f"expected int16 samples, got {pcm.dtype}")
     if encoding == "pcm_s16le":
         samples: np.ndarray = pcm.astype("<i2")
     elif encoding == "pcm_f32le":
-        samples = (pcm.astype(np.float32) / np.float32(32768)).astype("<f4")
+        samples = pcm16_to_float32(pcm).astype("<f4")
     else:
         raise ValueError(f"unknown encoding {encoding!r}")
     return np.repeat(samples, channels).tobytes()  # interleaved frames
@@ -112,8 +113,10 @@ def stream_url(port: int, query: str = "") -> str:
     return f"ws://127.0.0.1:{port}{STREAM_PATH}" + (f"?{query}" if query else "")
 
 
-class StreamClient:
-    """A protocol v1 client over a real socket; server messages are read in the background."""
+class WireClient:
+    """A raw protocol v1 client over a real socket: the tests' view of the wire, messages as
+    plain JSON dicts read in the background (ichigo_stream.client.StreamClient is the real one,
+    typed, reconnecting; tests of the server must not depend on it)."""
 
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
@@ -130,7 +133,7 @@ class StreamClient:
         token: str | None = None,
         query: str = "",
         origin: str | None = None,
-    ) -> StreamClient:
+    ) -> WireClient:
         headers = {"Authorization": f"Bearer {token}"} if token is not None else None
         ws = await connect(
             stream_url(port, query),
@@ -267,7 +270,7 @@ async def run_session(
     **connect_options: Any,
 ) -> Outcome:
     """One whole session: start, all the audio, stop, and everything up to the close."""
-    client = await StreamClient.connect(port, **connect_options)
+    client = await WireClient.connect(port, **connect_options)
     await client.start(**(start or {}))
     await client.send_audio(data, sizes, realtime=realtime, rate=rate)
     await client.stop()

@@ -12,11 +12,15 @@ import soundfile as sf
 
 from ichigo_stream import audio
 from ichigo_stream.audio import (
+    PcmStreamDecoder,
+    StreamResampler,
     downmix,
     float32_to_pcm16,
     load_audio,
     pcm16_to_float32,
     resample,
+    silence_non_finite,
+    to_pcm16,
 )
 from ichigo_stream.constants import SAMPLE_RATE
 from ichigo_stream.errors import AudioError
@@ -295,3 +299,73 @@ def test_pcm16_bad_input() -> None:
         pcm16_to_float32(np.zeros(4, np.float32))
     with pytest.raises(AudioError):
         float32_to_pcm16(np.array([0.0, np.nan], np.float32))
+
+
+def test_to_pcm16_rounds_half_to_even_and_clips() -> None:
+    """The one float -> PCM16 rule: float32, times 2**15, ties to even, clipped."""
+    k = np.arange(-6, 6)
+    halves = ((k + 0.5) / 32768).astype(np.float32)  # exactly between two PCM values
+    expected = np.where((k % 2) == 0, k, k + 1)  # k + 0.5 rounds to the even one of k, k + 1
+    np.testing.assert_array_equal(to_pcm16(halves), expected)
+    loud = np.array([1.0, -1.0, 32767.5 / 32768, -32768.5 / 32768, 2.0, -7.0, 3e38], np.float32)
+    np.testing.assert_array_equal(
+        to_pcm16(loud), [32767, -32768, 32767, -32768, 32767, -32768, 32767]
+    )
+    # float64 is taken as float32 first (the protocol's sample type), beyond its range too
+    wide = np.array([1e300, -1e300, 1e-300, np.nextafter(0.5 / 32768, 1)], np.float64)
+    np.testing.assert_array_equal(to_pcm16(wide), [32767, -32768, 0, 0])
+    pcm = np.array([-32768, 0, 32767], np.int16)
+    assert to_pcm16(pcm) is pcm  # PCM is PCM
+    assert float32_to_pcm16(halves) == to_pcm16(halves).astype("<i2").tobytes()
+    for bad in (np.nan, np.inf, -np.inf):
+        with pytest.raises(AudioError, match="non-finite"):
+            to_pcm16(np.array([0.0, bad], np.float32))
+    with pytest.raises(AudioError, match="int32"):
+        to_pcm16(np.zeros(3, np.int32))
+
+
+def test_silence_non_finite() -> None:
+    x = np.array([0.5, np.nan, -np.inf, np.inf, -0.25], np.float32)
+    clean = silence_non_finite(x)
+    assert clean.dtype == np.float32
+    np.testing.assert_array_equal(clean, [0.5, 0.0, 0.0, 0.0, -0.25])
+    np.testing.assert_array_equal(x[1:2], [np.nan])  # the input is not changed
+    fine = np.array([0.1, -0.2], np.float64)
+    assert silence_non_finite(fine) is fine
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 44100, 48000])
+def test_stream_resampler_is_chunking_independent(rate: int) -> None:
+    """Any chunking gives the samples of one push: the filter state carries across chunks."""
+    rng = np.random.default_rng(rate)
+    x = (0.3 * rng.standard_normal(rate)).astype(np.float32)
+    whole = StreamResampler(rate)
+    reference = np.concatenate([whole.push(x), whole.flush()])
+    assert abs(len(reference) - SAMPLE_RATE) <= 1
+    chunked = StreamResampler(rate)
+    cuts = np.sort(rng.integers(0, len(x), 40))
+    parts = [chunked.push(c) for c in np.split(x, cuts)] + [chunked.flush()]
+    np.testing.assert_array_equal(np.concatenate(parts), reference)
+    if rate == SAMPLE_RATE:  # equal rates: untouched
+        assert StreamResampler(rate).push(x) is x
+    with pytest.raises(AudioError, match="after flush"):
+        chunked.push(x)
+    with pytest.raises(AudioError, match="twice"):
+        chunked.flush()
+    with pytest.raises(AudioError, match="positive"):
+        StreamResampler(0)
+
+
+def test_stream_decoder_resamples_like_the_stream_resampler() -> None:
+    """The server's decoder is PCM -> float -> downmix -> StreamResampler, nothing else."""
+    rng = np.random.default_rng(7)
+    stereo = rng.integers(-20000, 20000, (44100, 2)).astype(np.int16)
+    decoder = PcmStreamDecoder(44100, "pcm_s16le", 2)
+    resampler = StreamResampler(44100)
+    got, want = [], []
+    for block in np.array_split(stereo, 37):
+        got.append(decoder.decode(block.astype("<i2").tobytes()))
+        want.append(resampler.push(downmix(pcm16_to_float32(block))))
+    got.append(decoder.finish())
+    want.append(resampler.flush())
+    np.testing.assert_array_equal(np.concatenate(got), np.concatenate(want))

@@ -155,7 +155,7 @@ def expected_segments(
         events = vad.push(audio[:flush_at]) + vad.flush() + vad.push(audio[flush_at:])
     else:
         events = vad.push(audio)
-    closed = [e.segment for e in events + vad.finish() if isinstance(e, SegmentClosed)]
+    closed = [e.span for e in events + vad.finish() if isinstance(e, SegmentClosed)]
     tokens = tokenizer.quantize([torch.from_numpy(audio[s.start : s.end]) for s in closed])
     return [
         (s.start / SAMPLE_RATE, s.end / SAMPLE_RATE, tuple(t.tolist()))

@@ -37,7 +37,7 @@ import pytest
 from models import ModelFiles
 
 from ichigo_stream.assets import sample_path
-from ichigo_stream.audio import load_audio
+from ichigo_stream.audio import load_audio, to_pcm16
 from ichigo_stream.client import Connected, Connecting, Done, GaveUp, Ready, Reconnecting
 from ichigo_stream.constants import SAMPLE_RATE
 from ichigo_stream.messages import Capabilities
@@ -118,7 +118,7 @@ def speech() -> Speech:
     audio = load_audio(SAMPLE)
     segments = segment_vad(audio)
     assert len(segments) == 3, segments  # the sample's three sentences
-    pcm = np.clip(np.rint(audio * 32768), -32768, 32767).astype(np.int16)
+    pcm = to_pcm16(audio)
     return Speech(
         pcm,
         tuple(s.start / SAMPLE_RATE for s in segments),

@@ -231,3 +231,18 @@ def test_default_batch_size_follows_the_device(files: list[Path]) -> None:
     list(tokenize_files(files, tokenizer))
     assert set(tokenizer.batches) == {1}  # CPU: one clip per encoder call
     assert pipeline.default_batch_size("cuda") == 32
+
+
+def test_the_shared_model_steps() -> None:
+    """clip_tokens and token_texts, what the offline pipeline and the server's worker both
+    run: one encoder batch, one decoder batch, and no decoder call for a token-less clip."""
+    fake = FakeTokenizer(text=True)
+    rng = np.random.default_rng(3)
+    clips = [rng.uniform(-1, 1, n).astype(np.float32) for n in (16_000, 100, 8_000)]
+    token_lists = pipeline.clip_tokens(fake, clips)  # type: ignore[arg-type]
+    assert fake.batches == [3] and [len(t) for t in token_lists] == [25, 0, 12]
+    assert all(isinstance(t, list) and all(isinstance(x, int) for x in t) for t in token_lists)
+    texts = pipeline.token_texts(fake, token_lists, object())  # type: ignore[arg-type]
+    assert texts == ["25 tokens", "", "12 tokens"]
+    fake.decode_text = None  # type: ignore[assignment,method-assign]  # must not be called
+    assert pipeline.token_texts(fake, [[], []], object()) == ["", ""]  # type: ignore[arg-type]

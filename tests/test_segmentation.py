@@ -16,17 +16,17 @@ from ichigo_stream.errors import AudioError, SegmentationError
 from ichigo_stream.segmentation import (
     CandidateCancelled,
     EndpointCandidate,
-    Event,
-    Segment,
     SegmentClosed,
+    Span,
     SpeechStarted,
+    VadEvent,
     VadOptions,
     VadSegmenter,
     segment_fixed,
     segment_vad,
     segment_whole,
     split,
-    to_int16,
+    vad_pcm16,
 )
 
 SENTENCES = (
@@ -71,10 +71,10 @@ def trim(x: np.ndarray) -> np.ndarray:
     return x[lo:hi]
 
 
-def run(audio: np.ndarray, chunks: list[int], options: VadOptions) -> list[Event]:
+def run(audio: np.ndarray, chunks: list[int], options: VadOptions) -> list[VadEvent]:
     """Push audio in chunks of the given sizes (the rest in one go), then finish."""
     seg = VadSegmenter(options)
-    events: list[Event] = []
+    events: list[VadEvent] = []
     pos = 0
     for n in chunks:
         events += seg.push(audio[pos : pos + n])
@@ -84,11 +84,11 @@ def run(audio: np.ndarray, chunks: list[int], options: VadOptions) -> list[Event
     return events + seg.finish()
 
 
-def closed(events: list[Event]) -> list[Segment]:
-    return [e.segment for e in events if isinstance(e, SegmentClosed)]
+def closed(events: list[VadEvent]) -> list[Span]:
+    return [e.span for e in events if isinstance(e, SegmentClosed)]
 
 
-def check_invariants(segments: list[Segment], total: int, options: VadOptions) -> None:
+def check_invariants(segments: list[Span], total: int, options: VadOptions) -> None:
     for s in segments:
         assert 0 <= s.start < s.end <= total
         assert s.end - s.start <= options.cap_samples
@@ -96,7 +96,7 @@ def check_invariants(segments: list[Segment], total: int, options: VadOptions) -
         assert a.end <= b.start
 
 
-def check_event_grammar(events: list[Event]) -> None:
+def check_event_grammar(events: list[VadEvent]) -> None:
     """Started, then candidates/cancels alternating, then closed; indices 0, 1, 2, ..."""
     index, open_, candidate = 0, False, None
     for e in events:
@@ -110,9 +110,9 @@ def check_event_grammar(events: list[Event]) -> None:
             assert open_ and candidate is not None and e.index == index
             candidate = None
         else:
-            assert open_ and e.index == index and e.segment.start == start
+            assert open_ and e.index == index and e.span.start == start
             if candidate is not None:  # a candidate never lies about the end
-                assert e.segment.end == candidate.end
+                assert e.span.end == candidate.end
             open_, candidate, index = False, None, index + 1
     assert not open_
 
@@ -174,13 +174,13 @@ def test_one_sample_at_a_time_gives_the_same_events(speak: Speak, options: VadOp
 
 def test_int16_input_matches_float_input(paused: tuple[np.ndarray, list[int]]) -> None:
     audio = paused[0]
-    assert run(to_int16(audio), [4801] * 20, SHORT_CAP) == run(audio, [], SHORT_CAP)
+    assert run(vad_pcm16(audio), [4801] * 20, SHORT_CAP) == run(audio, [], SHORT_CAP)
     # Floats are clipped, not wrapped; NaN (a broken source) reads as silence.
     floats = np.array([2.0, -2.0, 1.0, -1.0, 0.25, np.nan], dtype=np.float32)
-    assert to_int16(floats).tolist() == [32767, -32768, 32767, -32768, 8192, 0]
+    assert vad_pcm16(floats).tolist() == [32767, -32768, 32767, -32768, 8192, 0]
     # PCM read as float (x / 32768) converts back to exactly the same PCM.
     pcm = np.arange(-32768, 32768, dtype=np.int16)
-    assert np.array_equal(to_int16(pcm.astype(np.float32) / 32768), pcm)
+    assert np.array_equal(vad_pcm16(pcm.astype(np.float32) / 32768), pcm)
 
 
 def test_bad_sample_arrays_raise_audio_error() -> None:
@@ -234,14 +234,14 @@ def test_continuous_speech_is_cut_without_losing_a_sample(
 @pytest.mark.parametrize("opts", CAP_OPTIONS)
 def test_max_length_cut_is_at_the_quietest_frame(continuous: np.ndarray, opts: VadOptions) -> None:
     frame, cap, search = opts.frame_samples, opts.cap_samples, opts.cut_search_samples
-    pcm = to_int16(continuous).astype(np.float64)
+    pcm = vad_pcm16(continuous).astype(np.float64)
     # Frame-sized pushes on the grid: a cut (cap reached in speech) closes and reopens in the
     # same push; a max-length close in post-speech silence does not reopen.
     seg, timed = VadSegmenter(opts), []
     for pos in range(0, len(continuous), frame):
         timed += [(seg.position, e) for e in seg.push(continuous[pos : pos + frame])]
     cuts = [
-        e.segment
+        e.span
         for (p, e), (q, f) in itertools.pairwise(timed)
         if isinstance(e, SegmentClosed) and isinstance(f, SpeechStarted) and p == q
     ]
@@ -284,7 +284,7 @@ def test_cap_reached_at_the_end_of_speech(sentences: list[np.ndarray], where: st
     for pos in range(0, len(audio), frame):
         timed += [(seg.position, e) for e in seg.push(audio[pos : pos + frame])]
     trigger = -(-cap_end // frame) * frame  # end of the frame that reaches the cap
-    segments = [(p, e.segment) for p, e in timed if isinstance(e, SegmentClosed)]
+    segments = [(p, e.span) for p, e in timed if isinstance(e, SegmentClosed)]
     check_event_grammar([e for _, e in timed])
     if where == "speech":
         # Cut before the last voiced frame; the new segment knows that frame was voiced and
@@ -292,11 +292,11 @@ def test_cap_reached_at_the_end_of_speech(sentences: list[np.ndarray], where: st
         (p0, a), (_, b) = segments
         assert p0 == trigger and a.reason == "max_length" and a.start == start
         assert cap_end - 1.0 * SAMPLE_RATE <= a.end <= trigger - frame
-        assert b == Segment(a.end, free[0].end, "silence")
+        assert b == Span(a.end, free[0].end, "silence")
     else:
         [(p0, a)] = segments
         assert p0 == trigger and a.reason == "max_length"
-        assert a == Segment(start, min(last_voiced + tail, cap_end), "max_length")
+        assert a == Span(start, min(last_voiced + tail, cap_end), "max_length")
         candidates = [e for _, e in timed if isinstance(e, EndpointCandidate)]
         assert [c.end for c in candidates] == ([] if where == "tail" else [a.end])
 
@@ -322,7 +322,7 @@ def test_candidate_then_cancel_then_close(speak: Speak, frame_ms: int) -> None:
     audio = np.concatenate([silence(300), a, silence(400), b, silence(1000)])
     opts = VadOptions(frame_ms=frame_ms)
     seg = VadSegmenter(opts)
-    timed: list[tuple[int, Event]] = []
+    timed: list[tuple[int, VadEvent]] = []
     for i in range(len(audio)):  # one sample at a time: each event's exact emission point
         timed += [(seg.position, e) for e in seg.push(audio[i : i + 1])]
     timed += [(seg.position, e) for e in seg.finish()]
@@ -337,17 +337,17 @@ def test_candidate_then_cancel_then_close(speak: Speak, frame_ms: int) -> None:
     events = [e for _, e in timed]
     assert {e.index for e in events} == {0}
     (_, first), (_, last), (at_close, end) = timed[1], timed[3], timed[4]
-    assert end.segment.reason == "silence"
-    assert end.segment.start == events[0].start and end.segment.end == last.end
+    assert end.span.reason == "silence"
+    assert end.span.start == events[0].start and end.span.end == last.end
     # The first candidate's end falls in the pause; the segment covers both utterances.
     assert a_end < first.end < b_start
-    assert end.segment.start <= ms(300) and end.segment.end >= b_start + len(b)
+    assert end.span.start <= ms(300) and end.span.end >= b_start + len(b)
     # Causal: each decision is emitted on the sample that completes the deciding frame.
     frame = opts.frame_samples
     for pos, e in (timed[1], timed[3]):
         last_voiced = e.end - opts.tail_samples
         assert pos == -(-(last_voiced + opts.tail_samples) // frame) * frame
-    last_voiced = end.segment.end - opts.tail_samples
+    last_voiced = end.span.end - opts.tail_samples
     assert at_close == last_voiced + -(-opts.min_silence_samples // frame) * frame
 
 
@@ -360,7 +360,7 @@ def test_flush_ends_the_segment_now_and_speech_continues(sentences: list[np.ndar
     assert [type(e) for e in started] == [SpeechStarted] and seg.in_speech
     assert seg.open_start == started[0].start
     flushed = seg.flush()
-    assert flushed == [SegmentClosed(0, Segment(started[0].start, cut, "flush"))]
+    assert flushed == [SegmentClosed(0, Span(started[0].start, cut, "flush"))]
     assert not seg.in_speech and seg.flush() == []
     rest = seg.push(audio[cut:]) + seg.finish()
     assert rest[0] == SpeechStarted(1, cut)  # the next segment picks up exactly at the flush
@@ -373,7 +373,7 @@ def test_finish_closes_a_segment_mid_speech(sentences: list[np.ndarray]) -> None
     seg = VadSegmenter()
     events = seg.push(audio[:stop]) + seg.finish()
     assert [type(e) for e in events] == [SpeechStarted, SegmentClosed]
-    assert events[1].segment == Segment(events[0].start, stop, "finish")
+    assert events[1].span == Span(events[0].start, stop, "finish")
     assert events[0].start <= loud_region(audio)[0]
     assert seg.finished and seg.finish() == []
     with pytest.raises(SegmentationError):
@@ -386,10 +386,10 @@ def test_finish_closes_a_segment_mid_speech(sentences: list[np.ndarray]) -> None
 def test_fixed_and_whole_windows() -> None:
     w = WINDOW_SAMPLES
     assert segment_fixed(0) == [] and segment_whole(0) == []
-    assert segment_fixed(w) == [Segment(0, w, "fixed")]
-    assert segment_fixed(w + 1) == [Segment(0, w, "fixed"), Segment(w, w + 1, "fixed")]
-    assert segment_fixed(2 * w + 5)[-1] == Segment(2 * w, 2 * w + 5, "fixed")
-    assert segment_whole(w) == [Segment(0, w, "whole")]
+    assert segment_fixed(w) == [Span(0, w, "fixed")]
+    assert segment_fixed(w + 1) == [Span(0, w, "fixed"), Span(w, w + 1, "fixed")]
+    assert segment_fixed(2 * w + 5)[-1] == Span(2 * w, 2 * w + 5, "fixed")
+    assert segment_whole(w) == [Span(0, w, "whole")]
     with pytest.raises(SegmentationError, match="30 s"):
         segment_whole(w + 1)
 
@@ -398,7 +398,7 @@ def test_split_modes() -> None:
     w = WINDOW_SAMPLES
     empty = np.zeros(0, dtype=np.float32)
     assert split(empty, "vad") == split(empty, "fixed") == split(empty, "none") == []
-    assert split(np.zeros(w, dtype=np.float32), "none") == [Segment(0, w, "whole")]
+    assert split(np.zeros(w, dtype=np.float32), "none") == [Span(0, w, "whole")]
     assert len(split(np.zeros(w + 1, dtype=np.int16), "fixed")) == 2
     with pytest.raises(SegmentationError):
         split(np.zeros(w + 1, dtype=np.float32), "none")

@@ -33,7 +33,7 @@ from models import ModelFiles
 from streaming import (
     Outcome,
     Seg,
-    StreamClient,
+    WireClient,
     assert_finished_cleanly,
     bytes_per_second,
     encode_pcm,
@@ -44,6 +44,7 @@ from streaming import (
 from websockets.exceptions import InvalidStatus
 
 from ichigo_stream.assets import sample_path
+from ichigo_stream.audio import pcm16_to_float32, to_pcm16
 from ichigo_stream.constants import SAMPLE_RATE
 from ichigo_stream.errors import IchigoStreamError
 from ichigo_stream.geometry import TokenGeometry
@@ -95,10 +96,6 @@ def _write_clip(path: Path, pcm: np.ndarray) -> Clip:
     return Clip(path, _read_pcm(path))
 
 
-def _to_int16(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(x * 32768), -32768, 32767).astype(np.int16)
-
-
 @pytest.fixture(scope="module")
 def clips(
     tmp_path_factory: pytest.TempPathFactory, speak: Callable[..., np.ndarray]
@@ -111,8 +108,8 @@ def clips(
     assert len(segments) == 3, "the sample should hold three VAD segments"
     middle = (segments[1].start + segments[1].end) // 2
     cut = _write_clip(folder / "cut.wav", sample.pcm[:middle])
-    first = _to_int16(speak("Streaming tokens arrive while you speak."))
-    second = _to_int16(speak("Nothing is lost when the speaker stops abruptly"))
+    first = to_pcm16(speak("Streaming tokens arrive while you speak."))
+    second = to_pcm16(speak("Nothing is lost when the speaker stops abruptly"))
     silence = np.zeros(SAMPLE_RATE * 8 // 10, dtype=np.int16)
     speech = np.concatenate([first, silence, second[: len(second) * 85 // 100]])
     return {
@@ -166,8 +163,8 @@ def stream_segments(
         events += vad.push(pcm[at:cut]) + vad.flush()
         at = cut
     events += vad.push(pcm[at:]) + vad.finish()
-    segments = [e.segment for e in events if isinstance(e, SegmentClosed)]
-    audio = pcm.astype(np.float32) / np.float32(32768)
+    segments = [e.span for e in events if isinstance(e, SegmentClosed)]
+    audio = pcm16_to_float32(pcm)
     tokens = tokenizer.quantize([torch.from_numpy(audio[s.start : s.end]) for s in segments])
     return [
         (s.start / SAMPLE_RATE, s.end / SAMPLE_RATE, tuple(t.tolist()))
@@ -273,7 +270,7 @@ def test_flush_ends_the_segment_at_once(model: Model, clips: dict[str, Clip]) ->
 
     async def main() -> tuple[dict, dict, Outcome]:
         async with serve(model, limits=UNLIMITED) as server:
-            client = await StreamClient.connect(server.port)
+            client = await WireClient.connect(server.port)
             await client.start()
             await client.send_audio(sample.s16[: 2 * at])
             started = await client.wait_for(_is("speech_start", 1))
@@ -301,7 +298,7 @@ def test_a_client_dropping_mid_utterance_disturbs_no_other_session(
     async def main() -> tuple[Outcome, Outcome, int]:
         async with serve(model) as server:
             other = asyncio.create_task(run_session(server.port, sample.s16, realtime=4.0))
-            dropper = await StreamClient.connect(server.port)
+            dropper = await WireClient.connect(server.port)
             # Partials every 100 ms: the dropped session most likely has model work queued or
             # running, whose results must then go nowhere.
             await dropper.start(partials=True, partial_interval_ms=100)
@@ -333,10 +330,10 @@ BAD_LIMITS = SessionLimits(max_message_bytes=64 * 1024)
 SILENCE = bytes(3200)
 
 
-async def _client(port: int, **overrides: object) -> StreamClient:
+async def _client(port: int, **overrides: object) -> WireClient:
     """A client of the bad-input server: the right token and Origin unless overridden."""
     options: dict = {"token": TOKEN, "origin": ORIGIN, **overrides}
-    return await StreamClient.connect(port, **options)
+    return await WireClient.connect(port, **options)
 
 
 async def _after_start(port: int, *messages: str | bytes, **start: object) -> Outcome:
@@ -521,9 +518,9 @@ def test_a_full_server_says_try_again_later(
 ) -> None:
     async def main() -> tuple[Outcome, Outcome, Outcome]:
         async with serve(model, max_sessions=1, limits=UNLIMITED) as server:
-            first = await StreamClient.connect(server.port)
+            first = await WireClient.connect(server.port)
             await first.start()
-            refused = await (await StreamClient.connect(server.port)).finish(10)
+            refused = await (await WireClient.connect(server.port)).finish(10)
             await first.stop()
             first_outcome = await first.finish()
             await _eventually(lambda: not server.connections)
@@ -619,8 +616,8 @@ def test_a_model_failure_fails_one_segment_and_the_server_serves_on(
             port=0, max_batch=8, max_wait_ms=300, limits=UNLIMITED, drain_timeout_s=10
         )
         async with running_server(config, faulty, info) as server:  # type: ignore[arg-type]
-            victim = await StreamClient.connect(server.port)
-            other = await StreamClient.connect(server.port)
+            victim = await WireClient.connect(server.port)
+            other = await WireClient.connect(server.port)
             for client, cut in ((victim, at), (other, other_at)):
                 await client.start()
                 await client.send_audio(sample.s16[: 2 * cut])
@@ -703,11 +700,11 @@ def test_a_bug_in_one_session_fails_it_alone(
         limits = SessionLimits(max_realtime=1e6, realtime_burst_s=1e6, idle_timeout_s=2)
         async with serve(model, limits=limits) as server:
             good = asyncio.create_task(run_session(server.port, sample.s16))
-            victim = await StreamClient.connect(server.port)
+            victim = await WireClient.connect(server.port)
             await victim.start(language=f"bug-in-{where}")
             await victim.send_audio(sample.s16)
             victim_outcome = await victim.finish(10)
-            idle = await StreamClient.connect(server.port)
+            idle = await WireClient.connect(server.port)
             await idle.start()
             idle_outcome = await idle.finish(10)
             health, _, _ = await http_get(server.port, "/healthz")
@@ -743,7 +740,7 @@ def test_a_drain_that_runs_out_of_time_closes_with_going_away(
     async def main() -> tuple[Outcome, float, StreamServer]:
         config = ServerConfig(port=0, limits=UNLIMITED, drain_timeout_s=1.0)
         async with running_server(config, slow, info) as server:  # type: ignore[arg-type]
-            client = await StreamClient.connect(server.port)
+            client = await WireClient.connect(server.port)
             await client.start()
             await client.send_audio(clips["sample"].s16[: 2 * at])
             await client.wait_for(_is("segment", 0))
@@ -822,7 +819,7 @@ def test_serve_command_requires_its_token(
         async with serve_command(tiny_model_files, tmp_path / "serve.log", "--token", TOKEN) as s:
             for options in ({}, {"token": "wrong"}, {"query": "token=wrong"}, {"token": ""}):
                 with pytest.raises(InvalidStatus) as refused:
-                    await StreamClient.connect(s.port, **options)
+                    await WireClient.connect(s.port, **options)
                 response = refused.value.response
                 assert response.status_code == 401, options
                 assert response.headers["WWW-Authenticate"].startswith("Bearer"), options
@@ -859,16 +856,16 @@ def test_sigterm_drains_active_sessions(
         args = ("--drain-timeout-s", str(drain_timeout))
         async with serve_command(tiny_model_files, tmp_path / "serve.log", *args) as s:
             # Mid-speech and quiet: all its audio is in, its second sentence open.
-            quiet = await StreamClient.connect(s.port)
+            quiet = await WireClient.connect(s.port)
             await quiet.start()
             await quiet.send_audio(cut.s16)
             await quiet.wait_for(_is("speech_start", 1))
             # Still streaming in real time when the signal comes.
-            live = await StreamClient.connect(s.port)
+            live = await WireClient.connect(s.port)
             await live.start()
             live_sending = asyncio.create_task(live.send_audio(sample.s16, (640,), realtime=1.0))
             # Connected, no start yet.
-            waiting = await StreamClient.connect(s.port)
+            waiting = await WireClient.connect(s.port)
             await live.wait_for(_is("speech_start", 0))
             await asyncio.sleep(1.0)  # the server has long read all of quiet's audio
             signalled = time.monotonic()

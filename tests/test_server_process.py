@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from models import ModelFiles
-from streaming import StreamClient
+from streaming import WireClient
 
 from ichigo_stream.assets import sample_path
 from ichigo_stream.errors import IchigoStreamError
@@ -130,7 +130,7 @@ def test_start_on_port_0_announces_the_real_port_and_stop_is_idempotent(
         assert status == 200 and kind.startswith("text/html")
 
         async def handshake() -> str:
-            client = await StreamClient.connect(ready.port)
+            client = await WireClient.connect(ready.port)
             message = await client.start()
             await client.close()
             return message["type"]
@@ -247,7 +247,7 @@ def test_a_second_sigterm_during_the_drain_exits_at_once(
     args += ["--max-realtime", "1e6", "--realtime-burst-s", "1e6", "--drain-timeout-s", "600"]
 
     async def main(server: ServerProcess) -> tuple[float, int, list]:
-        clients = [await StreamClient.connect(server.ready.port) for _ in range(4)]
+        clients = [await WireClient.connect(server.ready.port) for _ in range(4)]
         for client in clients:
             await client.start()
         await asyncio.gather(*(c.send_audio(speech, (32_000,)) for c in clients))

@@ -21,11 +21,42 @@
 // -80 dB at 7 kHz). Equal rates pass through untouched; lower input rates (8 kHz) are
 // interpolated up by the same code with the cut-off at their own Nyquist frequency.
 //
+// PCM16: floatToPcm16 below is the project's one float -> PCM16 rule (the Python side's
+// ichigo_stream.audio.to_pcm16, tested to agree byte for byte): x * 2^15, rounded half to
+// even, clipped to [-32768, 32767]. Non-finite input samples (a broken microphone or driver)
+// are replaced by silence before the resampler, as the Python mic client does: one NaN in the
+// filter's history would turn every output it touches into NaN.
+//
 // This file is a module: the page loads it with audioWorklet.addModule; the tests import
-// the Resampler from Node (the processor is only defined where AudioWorkletProcessor exists).
+// the Resampler and floatToPcm16 from Node or the page (the processor is only defined where
+// AudioWorkletProcessor exists).
 
 const STOPBAND_DB = 80;
 const MAX_PHASES = 4096;
+const PCM16_SCALE = 32768; // 2^15: int16 <-> float, as libsndfile, ffmpeg and the server read PCM
+const PCM16_MIN = -32768;
+const PCM16_MAX = 32767;
+
+/** Round to the nearest integer, ties to even (numpy's rint; Math.round sends ties up). */
+export function roundHalfEven(x) {
+  const r = Math.round(x); // ties toward +infinity
+  // r - x is exact for |x| < 2^52; a tie that went up to an odd integer goes down instead.
+  return r - x === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+/**
+ * One sample as signed 16-bit PCM: the value as float32 (the protocol's sample type), times
+ * 2^15 (exact), rounded half to even, clipped. A non-finite sample has no right value: it
+ * throws, like the Python side; the processor cleans its input so that never happens there.
+ */
+export function floatToPcm16(sample) {
+  if (!Number.isFinite(sample)) {
+    throw new RangeError(`cannot convert a non-finite sample (${sample}) to 16-bit PCM`);
+  }
+  const scaled = roundHalfEven(Math.fround(sample) * PCM16_SCALE);
+  // + 0 turns -0 into 0: the Python side's int16 has no negative zero either.
+  return Math.min(PCM16_MAX, Math.max(PCM16_MIN, scaled)) + 0;
+}
 
 function gcd(a, b) {
   while (b) [a, b] = [b, a % b];
@@ -219,6 +250,9 @@ if (typeof AudioWorkletProcessor === "function" && typeof registerProcessor === 
           const scale = 1 / input.length;
           for (let k = 0; k < frames; k++) mono[k] *= scale;
         }
+        for (let k = 0; k < frames; k++) {
+          if (!Number.isFinite(mono[k])) mono[k] = 0; // a broken source: silence (see top)
+        }
         this._consume(this.resampler.push(mono));
       }
       return this.running;
@@ -230,9 +264,7 @@ if (typeof AudioWorkletProcessor === "function" && typeof registerProcessor === 
         this.sumSquares += s * s;
         const a = s < 0 ? -s : s;
         if (a > this.peak) this.peak = a;
-        // PCM16, clipped: -1 -> -32768, +1 -> 32767
-        this.chunk[this.filled++] =
-          s >= 1 ? 32767 : s <= -1 ? -32768 : Math.round(s * (s < 0 ? 32768 : 32767));
+        this.chunk[this.filled++] = floatToPcm16(s);
         if (this.filled === this.chunkSize) this._post();
       }
     }
