@@ -20,7 +20,8 @@ import pytest
 from ichigo_stream.audio import PcmStreamDecoder, downmix, silence_non_finite, to_pcm16
 from ichigo_stream.constants import SAMPLE_RATE
 from ichigo_stream.errors import AudioError
-from ichigo_stream_client.mic import InputDevice, MicCapture
+from ichigo_stream_client.capture import MicCapture
+from ichigo_stream_client.devices import InputDevice
 
 WORKLET_JS = Path(__file__).resolve().parents[1] / "server" / "static" / "capture-worklet.js"
 NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}

@@ -44,15 +44,9 @@ from ichigo_stream.messages import Capabilities
 from ichigo_stream.model_info import ModelInfo
 from ichigo_stream.segmentation import segment_vad
 from ichigo_stream.server_process import ServerProcess
-from ichigo_stream_client.mic import (
-    DeviceError,
-    InputDevice,
-    MicApp,
-    MicCapture,
-    MicOptions,
-    describe_devices,
-    find_device,
-)
+from ichigo_stream_client.capture import MicCapture
+from ichigo_stream_client.devices import DeviceError, InputDevice, describe_devices, find_device
+from ichigo_stream_client.mic import MicApp, MicOptions
 from ichigo_stream_client.terminal_view import MicStatus
 
 ROOT = Path(__file__).resolve().parents[1]
