@@ -21,7 +21,7 @@ from ichigo_stream.config import environment_name, flag_value
 from ichigo_stream.errors import IchigoStreamError, ModelLoadError
 from ichigo_stream.options import DEFAULT_MODEL, LoadOptions
 from ichigo_stream_client.common import speed_arg
-from ichigo_stream_client.demo import DemoOptions, _server_command, demo_options
+from ichigo_stream_client.demo import DemoOptions, _serve_args, demo_options
 from ichigo_stream_client.send import SendOptions, send_options
 from ichigo_stream_server.config import config_from_args
 
@@ -352,7 +352,7 @@ def test_send_and_demo_build_frozen_options(monkeypatch: pytest.MonkeyPatch) -> 
 
     demo = demo_options(parse("demo", "--device", "cuda", "--no-text", "--speed", "3"))
     assert demo == DemoOptions(device="cuda", speed=3.0, text=False)
-    command = _server_command(demo)
+    command = _serve_args(demo)
     assert command[command.index("--device") + 1] == "cuda" and "--text" not in command
     assert command[command.index("--auth-token") + 1] == ""  # its own client sends no token
     assert "--model" not in command  # None: the server's default
