@@ -3,7 +3,7 @@
 Both benchmarks speak from here. Each takes the part it was measured with (`texts`), in the
 same order, voice and rate as when the figures in docs/benchmarks.md were made: the order
 matters (the benchmarks pick clips by seeded random index), and `input_sha256` lets a run and
-tests/test_benchmarks.py prove that the inputs have not changed.
+tests/integration/test_benchmarks.py prove that the inputs have not changed.
 
 The other tests keep their own sentences: each is that test's input, chosen for what it
 asserts, and spoken through the `speak` fixture of tests/conftest.py. They do not share this

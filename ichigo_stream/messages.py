@@ -5,8 +5,8 @@ is read back by one dispatch per direction. parse_client_message is the server's
 reading of what a client sends (ProtocolError, with the codes docs/protocol.md lists);
 parse_server_message is a client's reading of what a server sends: strict about the JSON type
 of every field it knows, blind to fields and message types it does not (newer servers may add
-them). server/static/protocol.js mirrors this schema for the page; tests/test_protocol_js.py
-checks that the two agree, field by field.
+them). server/static/protocol.js mirrors this schema for the page;
+tests/unit/test_protocol_js.py checks that the two agree, field by field.
 
 Server messages are read and written by one codec driven by the dataclasses' own type hints,
 so a field exists on the wire exactly when it exists here. Times are seconds on the session's

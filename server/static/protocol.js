@@ -1,5 +1,5 @@
 // Streaming protocol v1 for the page: builds the client's messages, reads and checks the
-// server's. A mirror of ichigo_stream/messages.py, the schema's home: tests/test_protocol_js.py
+// server's. A mirror of ichigo_stream/messages.py, the schema's home: tests/unit/test_protocol_js.py
 // runs this module under node against the Python side, message by message and field by field.
 // No DOM here (it runs in node too); docs/protocol.md is the specification.
 //

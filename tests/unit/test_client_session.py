@@ -2,8 +2,8 @@
 
 No sockets, no tasks, no sleeps: time is a number passed in, the server is the messages fed
 to receive(), and what the client would send is read from next_send(). These cover the
-reconnect rules one edge at a time; tests/test_client.py proves the same end to end against
-a real server killed and restarted mid-stream.
+reconnect rules one edge at a time; tests/integration/test_client.py proves the same end to end
+against a real server killed and restarted mid-stream.
 """
 
 from __future__ import annotations

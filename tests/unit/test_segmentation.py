@@ -430,5 +430,5 @@ def test_bad_options_raise(kwargs: dict[str, float]) -> None:
 def test_segmentation_does_not_import_torch() -> None:
     # The server's protocol side and light clients import this module without the model extra.
     code = "import sys, ichigo_stream.segmentation; sys.exit('torch' in sys.modules)"
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0

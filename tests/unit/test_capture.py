@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from system_tools import require_tool
 
 from ichigo_stream.audio import PcmStreamDecoder, downmix, silence_non_finite, to_pcm16
 from ichigo_stream.constants import SAMPLE_RATE
@@ -23,7 +23,7 @@ from ichigo_stream.errors import AudioError
 from ichigo_stream_client.capture import MicCapture
 from ichigo_stream_client.devices import InputDevice
 
-WORKLET_JS = Path(__file__).resolve().parents[1] / "server" / "static" / "capture-worklet.js"
+WORKLET_JS = Path(__file__).resolve().parents[2] / "server" / "static" / "capture-worklet.js"
 NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
@@ -105,14 +105,9 @@ process.stdout.write(JSON.stringify({
 
 @pytest.fixture(scope="module")
 def node() -> str:
-    path = shutil.which("node")
-    if path is None:
-        pytest.fail(
-            "node is required to test server/static/capture-worklet.js against the Python "
-            "PCM16 rule (apt-get install nodejs; .ci/install installs it)",
-            pytrace=False,
-        )
-    return path
+    return require_tool(
+        "node", why="to test server/static/capture-worklet.js against the Python PCM16 rule"
+    )
 
 
 def run_node(node: str, tmp_path: Path, driver: str, data: dict[str, Any]) -> dict[str, Any]:

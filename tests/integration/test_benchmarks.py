@@ -15,8 +15,9 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from system_tools import require_tool
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BENCHMARKS = ROOT / "benchmarks"
 # sha256 of each benchmark's sentences joined by "\n", computed from the two lists the scripts
 # carried when the figures in docs/benchmarks.md were measured (bench_tokenize.py's 8
@@ -62,6 +63,11 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return quantizer, whisper
 
 
+@pytest.fixture
+def espeak() -> None:
+    require_tool("espeak-ng", why="the benchmarks speak their sentences with it")
+
+
 # (Not named `benchmark`: pytest-benchmark, when installed, owns that fixture name.)
 @pytest.mark.parametrize("which", sorted(MEASURED_SHA256))
 def test_each_benchmark_speaks_the_sentences_it_was_measured_with(which: str) -> None:
@@ -79,6 +85,7 @@ def test_the_two_lists_share_their_common_sentences() -> None:
     assert stream[len(speech.SENTENCES) :] == speech.SHORT_UTTERANCES
 
 
+@pytest.mark.usefixtures("espeak")
 def test_sentences_are_spoken_in_order_and_cached(tmp_path: Path) -> None:
     speech = _speech_module()
     files = speech.spoken("stream", tmp_path)
@@ -106,6 +113,7 @@ def test_help(script: str, options: list[str]) -> None:
         assert option in result.stdout
 
 
+@pytest.mark.usefixtures("espeak")
 @pytest.mark.timeout(300)
 def test_bench_tokenize_reports_both_sides(tiny_model: tuple[Path, Path], tmp_path: Path) -> None:
     quantizer, whisper = tiny_model
@@ -130,6 +138,7 @@ def test_bench_tokenize_reports_both_sides(tiny_model: tuple[Path, Path], tmp_pa
     assert report["speech_sha256"] == MEASURED_SHA256["tokenize"]
 
 
+@pytest.mark.usefixtures("espeak")
 @pytest.mark.timeout(300)
 def test_bench_stream_delivers_every_expected_segment(tmp_path: Path) -> None:
     # --random tiny: the script writes its own model with make-random-model into --cache.

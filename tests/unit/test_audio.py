@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from system_tools import require_tools
 
 from ichigo_stream import audio
 from ichigo_stream.audio import (
@@ -26,10 +26,13 @@ from ichigo_stream.constants import SAMPLE_RATE
 from ichigo_stream.errors import AudioError
 
 TOOLS = ("espeak-ng", "sox", "ffmpeg", "ffprobe")
-pytestmark = pytest.mark.skipif(
-    any(shutil.which(t) is None for t in TOOLS), reason=f"needs {', '.join(TOOLS)}"
-)
 SPEECH_TEXT = "The quick brown fox jumps over the lazy dog. One, two, three."
+
+
+@pytest.fixture(autouse=True)
+def _tools() -> None:
+    # Every test here makes its audio with these, or reads through ffmpeg/ffprobe.
+    require_tools(*TOOLS, why="to make and decode the test audio")
 
 
 def _run(*cmd: str | Path) -> None:

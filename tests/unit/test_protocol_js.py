@@ -12,13 +12,13 @@ import copy
 import dataclasses
 import json
 import math
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import pytest
+from system_tools import require_tool
 
 from ichigo_stream.errors import ClientError, ProtocolError
 from ichigo_stream.messages import (
@@ -33,7 +33,7 @@ from ichigo_stream.messages import (
 from ichigo_stream.protocol import VAD_FIELDS, StartOptions
 from ichigo_stream.segmentation import VadOptions
 
-PROTOCOL_JS = Path(__file__).resolve().parents[1] / "server" / "static" / "protocol.js"
+PROTOCOL_JS = Path(__file__).resolve().parents[2] / "server" / "static" / "protocol.js"
 KINDS = {int: "integer", float: "number", str: "string", bool: "boolean"}
 WRONG = {  # values of another JSON type than each kind (1.5: JavaScript sees 1.0 as an integer)
     "integer": ["1", 1.5, True],
@@ -198,14 +198,7 @@ process.stdout.write(JSON.stringify(output, (key, value) =>
 
 @pytest.fixture(scope="module")
 def node() -> str:
-    path = shutil.which("node")
-    if path is None:
-        pytest.fail(
-            "node is required to test server/static/protocol.js against the Python schema "
-            "(apt-get install nodejs; .ci/install installs it)",
-            pytrace=False,
-        )
-    return path
+    return require_tool("node", why="to test server/static/protocol.js against the Python schema")
 
 
 def run_node(node: str, tmp_path: Path, server: list[str], starts: list[Any]) -> dict[str, Any]:

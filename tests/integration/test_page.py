@@ -3,9 +3,9 @@
 Chromium runs with a fake microphone that plays ichigo_stream/assets/sample.wav once; the
 test drives it over the Chrome DevTools protocol (a small client on `websockets`, no Node),
 waits for token cells and final segments, stops the stream, checks the page's state and
-saves a screenshot to the test's tmp_path and to test-output/page.png (git-ignored).
+saves a screenshot to the test's tmp_path (copied to $ICHIGO_TEST_ARTIFACTS when set).
 
-Chromium is a required test tool (.ci/install): when it is missing the tests fail, loudly.
+Chromium is a test tool (.ci/install): missing, the tests fail in CI and skip elsewhere.
 """
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ import itertools
 import json
 import os
 import re
-import shutil
 import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from system_tools import require_tool
 from websockets.sync.client import ClientConnection, connect
 
 from ichigo_stream.assets import sample_path
@@ -36,7 +36,7 @@ from ichigo_stream.tokens import format_tokens
 from ichigo_stream_server.app import STATIC, running_server
 from ichigo_stream_server.config import ServerConfig
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SPEECH = sample_path()
 SPEECH_SECONDS = 12.7
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -96,10 +96,9 @@ def tls_base_url(tiny, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
     """The same server over TLS (https: and wss:), with a throwaway self-signed certificate."""
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
-    if not shutil.which("openssl"):
-        pytest.fail("openssl is required to make a test certificate (apt-get install openssl)")
+    openssl = require_tool("openssl", why="to make a test certificate")
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
          "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
          "-addext", "subjectAltName=IP:127.0.0.1"],
         check=True,
@@ -114,16 +113,8 @@ def tls_base_url(tiny, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
 @pytest.fixture(scope="module")
 def chromium() -> str:
     override = os.environ.get("CHROMIUM")
-    for name in (override,) if override else CHROMIUM_CANDIDATES:
-        path = shutil.which(name)
-        if path:
-            return path
-    pytest.fail(
-        "Chromium is required for the browser page tests but was not found "
-        f"(looked for {', '.join(CHROMIUM_CANDIDATES)}; or set CHROMIUM=/path). "
-        "Run .ci/install, which installs it (apt-get install chromium).",
-        pytrace=False,
-    )
+    names = (override,) if override else CHROMIUM_CANDIDATES
+    return require_tool(*names, why="the browser page tests; or set CHROMIUM=/path")
 
 
 # -- a minimal Chrome DevTools protocol client ------------------------------------------------
@@ -335,7 +326,9 @@ PAGE_STATE = """(() => {
 })()"""
 
 
-def test_page_streams_the_fake_microphone(browser: DevTools, base_url: str, tmp_path: Path) -> None:
+def test_page_streams_the_fake_microphone(
+    browser: DevTools, base_url: str, tmp_path: Path, keep_artifact: Callable[[Path], None]
+) -> None:
     t0 = time.monotonic()
     browser.call("Page.navigate", url=f"{base_url}/?autostart=1")
     state = lambda: browser.evaluate(PAGE_STATE)  # noqa: E731
@@ -384,10 +377,8 @@ def test_page_streams_the_fake_microphone(browser: DevTools, base_url: str, tmp_
 
     screenshot = tmp_path / "page.png"
     browser.screenshot(screenshot)
-    shared = ROOT / "test-output"
-    shared.mkdir(exist_ok=True)
-    shutil.copyfile(screenshot, shared / "page.png")
-    shutil.copyfile(tmp_path / "page-live.png", shared / "page-live.png")
+    keep_artifact(screenshot)  # for humans, where $ICHIGO_TEST_ARTIFACTS names a folder
+    keep_artifact(tmp_path / "page-live.png")
 
     assert final["error"] == "", final
     assert browser.console == [], browser.console

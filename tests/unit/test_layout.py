@@ -10,8 +10,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from system_tools import require_tool
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 APPLICATIONS = ("ichigo_stream_server", "ichigo_stream_client")
 
 
@@ -63,7 +64,9 @@ def test_the_wheel_installs_only_namespaced_packages(tmp_path: Path) -> None:
     # and tests never write into the source tree.
     source = tmp_path / "src"
     tracked = (
-        subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True)
+        subprocess.run(
+            [require_tool("git"), "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True
+        )
         .stdout.decode()
         .split("\0")
     )
