@@ -121,7 +121,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         metavar="REF",
         default=DEFAULT_MODEL,
-        help="quantizer checkpoint: a local .pth/.ckpt/.model file or a Hugging Face REPO:FILE "
+        help="quantizer checkpoint: a local .pth/.ckpt/.model file, a Hugging Face REPO:FILE, "
+        "or `random` (built-in random weights in the real formats, Whisper-tiny width, "
+        "written once to the cache: runs offline, gibberish output); see `ichigo-stream models` "
         "(default: the released Ichigo-Whisper medium checkpoint)",
     )
     group.add_argument(

@@ -1,4 +1,4 @@
-"""The offline subcommands: tokenize, transcribe and make-random-model."""
+"""The offline subcommands: tokenize, transcribe, make-random-model and models."""
 
 from __future__ import annotations
 
@@ -350,6 +350,38 @@ def run_make_random_model(options: RandomModelOptions) -> int:
     return EXIT_OK
 
 
+# -- models ------------------------------------------------------------------------------------
+
+MODELS_EPILOG = """\
+Lists the released quantizer checkpoints (the REF to pass as --model, file size, the Whisper
+each needs, codebook size, the LLM that reads its tokens) and the built-in `random`, and
+whether each part is cached here: the quantizer in the Hugging Face cache (HF_HUB_CACHE,
+HF_HOME/hub or ~/.cache/huggingface/hub), Whisper in openai-whisper's cache
+($XDG_CACHE_HOME/whisper or ~/.cache/whisper), random in $XDG_CACHE_HOME/ichigo-stream/random.
+Nothing is downloaded. --format json prints one JSON array (keys: name, ref, size,
+size_source, width, codebook_size, mask_token, llm, cached, path, whisper {name, file, size,
+cached, path}).
+"""
+MODELS_FORMATS = ("table", "json")
+
+
+def _models_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--format",
+        choices=MODELS_FORMATS,
+        default="table",
+        help="table (default): one block per model; json: one JSON array",
+    )
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from .catalogue import format_table, listing
+
+    rows = listing()
+    print(json.dumps(rows, indent=2) if args.format == "json" else format_table(rows))
+    return EXIT_OK
+
+
 # -- registration --------------------------------------------------------------
 
 OFFLINE_COMMANDS: tuple[Command, ...] = (
@@ -373,5 +405,12 @@ OFFLINE_COMMANDS: tuple[Command, ...] = (
         _random_model_arguments,
         _run_make_random_model,
         RANDOM_MODEL_EPILOG,
+    ),
+    Command(
+        "models",
+        "list the released checkpoints and `random`, and which are cached here",
+        _models_arguments,
+        _run_models,
+        MODELS_EPILOG,
     ),
 )

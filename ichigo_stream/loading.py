@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .checkpoint import build_head, read_checkpoint, sha256_file
+from .catalogue import release_for
+from .checkpoint import QuantizerCheckpoint, build_head, read_checkpoint, sha256_file
 from .constants import ENCODER_POSITIONS
 from .errors import ModelLoadError
 from .model import IchigoTokenizer
+from .model_cache import (
+    MissingFile,
+    Network,
+    hub_cache_dir,
+    hub_cached_file,
+    hub_repo_folder,
+    missing_message,
+    split_hub_ref,
+)
 from .model_info import ModelInfo
-from .options import DEFAULT_MODEL, DTYPE_NAMES, LoadOptions
+from .options import DEFAULT_MODEL, DTYPE_NAMES, RANDOM_MODEL, LoadOptions
+from .random_model import ensure_random_model
 from .whisper_weights import build_encoder, build_text_model, read_whisper, resolve_whisper
 
 # Encoder precisions by name (the names live in options, which CLI parsing imports).
@@ -20,30 +32,97 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 assert tuple(DTYPES) == DTYPE_NAMES
 
 
-def resolve_model(ref: str) -> Path:
-    """A local path, or a Hugging Face reference REPO:FILE fetched through the hub's cache."""
+def resolve_model(ref: str, network: Network | None = None) -> Path | MissingFile:
+    """A local path, or a Hugging Face REPO:FILE: its cached copy, else one fast try of the
+    network, then the hub's download (into its cache).
+
+    Returns a MissingFile (for the caller's one message) when the file is not cached and the
+    network is off (HF_HUB_OFFLINE) or unreachable: huggingface_hub's own retries (minutes of
+    warnings) only ever run against a hub that has just answered.
+    """
     if os.path.exists(ref):
         if os.path.isdir(ref):
             raise ModelLoadError(
                 f"--model {ref} is a directory; pass the checkpoint file inside it"
             )
         return Path(ref)
-    repo, sep, filename = ref.partition(":")
-    if not sep or not repo or not filename or "/" not in repo:
+    parts = split_hub_ref(ref)
+    if parts is None:
         raise ModelLoadError(
             f"--model {ref!r}: no such file, and not a Hugging Face reference of the form "
-            f"REPO:FILE (e.g. {DEFAULT_MODEL})"
+            f"REPO:FILE (e.g. {DEFAULT_MODEL}) nor {RANDOM_MODEL!r}"
+        )
+    repo, filename = parts
+    cache = hub_cache_dir()
+    cached = hub_cached_file(repo, filename, cache)
+    if cached is not None:
+        return cached
+    from huggingface_hub import hf_hub_download, hf_hub_url
+
+    url = hf_hub_url(repo_id=repo, filename=filename)
+    network = network or Network()
+    if not network.reachable(url):
+        release = release_for(ref)
+        return MissingFile(
+            what=f"the quantizer {ref}",
+            file_name=filename,
+            size=release.size if release else "size not listed",
+            looked_in=hub_repo_folder(repo, cache),
+            source=url,
+            flag="--model",
         )
     try:
-        from huggingface_hub import hf_hub_download
-
-        return Path(hf_hub_download(repo_id=repo, filename=filename))
+        return Path(hf_hub_download(repo_id=repo, filename=filename, cache_dir=cache))
     except Exception as e:
         raise ModelLoadError(
             f"could not fetch {filename} from the Hugging Face repo {repo} ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}). Check the network and the name, or "
-            "download the file and pass its local path with --model PATH"
+            f"{str(e).splitlines()[0] if str(e) else ''}). Check the name, or download the file "
+            "and pass its local path with --model PATH"
         ) from None
+
+
+@dataclass(frozen=True)
+class LocatedModel:
+    """The files a LoadOptions names, found (the quantizer already read)."""
+
+    model_path: Path
+    checkpoint: QuantizerCheckpoint
+    whisper_ref: str  # as named: an openai-whisper name or a path
+    whisper_path: Path
+
+
+def locate(options: LoadOptions) -> LocatedModel:
+    """The quantizer and Whisper the options name, from the caches or one fast download
+    attempt; a ModelLoadError naming everything missing at once."""
+    network = Network()
+    if options.model == RANDOM_MODEL:
+        found, random_whisper = ensure_random_model()
+    else:
+        found = resolve_model(options.model, network)
+    checkpoint = read_checkpoint(found) if isinstance(found, Path) else None
+    if options.whisper:
+        whisper_ref: str | None = options.whisper
+    elif options.model == RANDOM_MODEL:
+        whisper_ref = str(random_whisper)
+    elif checkpoint is not None:
+        whisper_ref = checkpoint.whisper_name
+    else:
+        release = release_for(options.model)
+        whisper_ref = release.whisper if release else None
+    whisper_found = resolve_whisper(whisper_ref, network) if whisper_ref else None
+    missing = [m for m in (found, whisper_found) if isinstance(m, MissingFile)]
+    if missing:
+        message = missing_message(missing, network.down or "network unreachable")
+        if whisper_ref is None:
+            message += "; then also the Whisper that checkpoint names"
+        raise ModelLoadError(message)
+    assert isinstance(found, Path) and checkpoint is not None
+    if whisper_ref is None or not isinstance(whisper_found, Path):
+        raise ModelLoadError(
+            f"cannot tell which Whisper {found.name} needs (width {checkpoint.dims.width}); "
+            "pass --whisper NAME_OR_PATH"
+        )
+    return LocatedModel(found, checkpoint, whisper_ref, whisper_found)
 
 
 def _check_device(device: str, dtype: str) -> torch.dtype:
@@ -61,15 +140,10 @@ def load_tokenizer(
 ) -> tuple[IchigoTokenizer, ModelInfo]:
     """Load the quantizer and Whisper's encoder (and its decoder only when text is wanted)."""
     dtype = _check_device(options.device, options.dtype)
-    model_path = resolve_model(options.model)
-    checkpoint = read_checkpoint(model_path)
-    whisper_ref = options.whisper or checkpoint.whisper_name
-    if whisper_ref is None:
-        raise ModelLoadError(
-            f"cannot tell which Whisper {model_path.name} needs (width {checkpoint.dims.width}); "
-            "pass --whisper NAME_OR_PATH"
-        )
-    whisper_dims, whisper_state = read_whisper(resolve_whisper(whisper_ref))
+    located = locate(options)
+    model_path, checkpoint = located.model_path, located.checkpoint
+    whisper_ref = located.whisper_ref
+    whisper_dims, whisper_state = read_whisper(located.whisper_path)
     if whisper_dims.n_audio_state != checkpoint.dims.width:
         raise ModelLoadError(
             f"Whisper {whisper_ref!r} has width {whisper_dims.n_audio_state} but the quantizer "

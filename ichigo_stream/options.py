@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from .errors import ModelLoadError
 
 DEFAULT_MODEL = "homebrewltd/ichigo-whisper:merge-medium-vi-2d-2560c-dim64.pth"
+# --model random: built-in random weights in the real formats, written once to a cache folder
+# (ichigo_stream.random_model); for trying the pipeline offline, never for real tokens.
+RANDOM_MODEL = "random"
 DTYPE_NAMES = ("float32", "float16", "bfloat16")  # encoder precisions (loading.DTYPES maps them)
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
 DEVICE_RULE = "cpu, cuda or cuda:N"
@@ -42,7 +45,7 @@ class LoadOptions:
     at construction, before anything is loaded; the message names the field by its flag.
     """
 
-    model: str = DEFAULT_MODEL  # a local path or a Hugging Face REPO:FILE
+    model: str = DEFAULT_MODEL  # a local path, a Hugging Face REPO:FILE or RANDOM_MODEL
     whisper: str | None = None  # None: the Whisper the checkpoint was trained on
     device: str = "cpu"  # cpu, cuda or cuda:N
     dtype: str = "float32"  # one of DTYPE_NAMES

@@ -11,32 +11,49 @@ import torch
 import whisper
 from whisper.model import AudioEncoder, ModelDimensions, Whisper
 
+from .catalogue import WHISPERS
 from .errors import ModelLoadError
+from .model_cache import MissingFile, Network, whisper_cache_dir, whisper_cached_file
 from .safe_load import load_checkpoint_file
 
 
-def whisper_cache_dir() -> str:
-    default = os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(os.getenv("XDG_CACHE_HOME", default), "whisper")
+def resolve_whisper(ref: str, network: Network | None = None) -> Path | MissingFile:
+    """A local .pt path, or an openai-whisper model name: its cached file (openai-whisper
+    checks its SHA-256), else one fast try of the network, then openai-whisper's download.
 
-
-def resolve_whisper(ref: str) -> Path:
-    """An openai-whisper model name (downloaded once, sha-checked, cached) or a local .pt path."""
+    Returns a MissingFile (for the caller's one message) when the file is not cached and the
+    network is off (HF_HUB_OFFLINE counts for openai-whisper's downloads too) or unreachable.
+    """
     if os.path.isfile(ref):
         return Path(ref)
-    if ref in whisper._MODELS:
-        try:
-            return Path(whisper._download(whisper._MODELS[ref], whisper_cache_dir(), False))
-        except Exception as e:
-            raise ModelLoadError(
-                f"could not download Whisper '{ref}' ({type(e).__name__}: {e}). Check the network, "
-                f"or put the openai-whisper checkpoint in {whisper_cache_dir()} or pass a local "
-                "file with --whisper PATH.pt"
-            ) from None
-    raise ModelLoadError(
-        f"--whisper {ref!r} is neither a file nor an openai-whisper model name "
-        f"({', '.join(whisper.available_models())})"
-    )
+    if ref not in whisper._MODELS:
+        raise ModelLoadError(
+            f"--whisper {ref!r} is neither a file nor an openai-whisper model name "
+            f"({', '.join(whisper.available_models())})"
+        )
+    network = network or Network()
+    url = whisper._MODELS[ref]
+    cache = whisper_cache_dir()
+    file_name = os.path.basename(url)
+    if whisper_cached_file(file_name, cache) is None and not network.reachable(url):
+        release = WHISPERS.get(ref)
+        return MissingFile(
+            what=f"Whisper {ref}",
+            file_name=file_name,
+            size=release.size if release else "size not listed",
+            looked_in=cache,
+            source=url,
+            flag="--whisper",
+        )
+    try:
+        # Verifies a cached file's SHA-256 (downloading again only if it does not match).
+        return Path(whisper._download(url, str(cache), False))
+    except Exception as e:
+        raise ModelLoadError(
+            f"could not download Whisper '{ref}' ({type(e).__name__}: {e}). Check the network, "
+            f"or put the openai-whisper checkpoint {file_name} in {cache} or pass a local "
+            "file with --whisper PATH.pt"
+        ) from None
 
 
 def read_whisper(path: Path) -> tuple[ModelDimensions, dict[str, torch.Tensor]]:
