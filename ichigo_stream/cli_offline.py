@@ -358,19 +358,19 @@ each needs, codebook size, the LLM that reads its tokens) and the built-in `rand
 whether each part is cached here: the quantizer in the Hugging Face cache (HF_HUB_CACHE,
 HF_HOME/hub or ~/.cache/huggingface/hub), Whisper in openai-whisper's cache
 ($XDG_CACHE_HOME/whisper or ~/.cache/whisper), random in $XDG_CACHE_HOME/ichigo-stream/random.
-Nothing is downloaded. --format json prints one JSON array (keys: name, ref, size,
+Nothing is downloaded. --json prints one JSON array (keys: name, ref, size,
 size_source, width, codebook_size, mask_token, llm, cached, path, whisper {name, file, size,
 cached, path}).
 """
-MODELS_FORMATS = ("table", "json")
 
 
 def _models_arguments(parser: argparse.ArgumentParser) -> None:
+    # Not --format: one option name (so one ICHIGO_* variable) means one thing across
+    # commands, and tokenize's --format takes other values.
     parser.add_argument(
-        "--format",
-        choices=MODELS_FORMATS,
-        default="table",
-        help="table (default): one block per model; json: one JSON array",
+        "--json",
+        action="store_true",
+        help="print one JSON array instead of the table (default: the table)",
     )
 
 
@@ -378,7 +378,7 @@ def _run_models(args: argparse.Namespace) -> int:
     from .catalogue import format_table, listing
 
     rows = listing()
-    print(json.dumps(rows, indent=2) if args.format == "json" else format_table(rows))
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
     return EXIT_OK
 
 

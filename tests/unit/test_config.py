@@ -25,7 +25,7 @@ from ichigo_stream_client.demo import DemoOptions, _serve_args, demo_options
 from ichigo_stream_client.send import SendOptions, send_options
 from ichigo_stream_server.config import config_from_args
 
-COMMANDS = ("tokenize", "transcribe", "make-random-model", "serve", "send", "demo", "mic")
+COMMANDS = ("tokenize", "transcribe", "make-random-model", "models", "serve", "send", "demo", "mic")
 # Tried in order for a value the command line accepts (and that differs from the default).
 GOOD_VALUES = ("7", "8", "2.5", "cuda", "cuda:1", "float16", "bfloat16", "ws://a.test/", "other")
 BAD_VALUE = "maybe"  # no number, device, dtype, choice or flag word
