@@ -188,20 +188,26 @@ def test_bad_reference_syntax_and_dtype_and_device(tiny_model_files: ModelFiles)
 def test_hub_download_failure_is_one_clear_message(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    # A real hub call: offline mode makes huggingface_hub refuse at once, as no network would.
+    # Offline mode: nothing tried on the network; the message names what is missing.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
-    expect_error(r"could not fetch merge-medium.*--model PATH", model=DEFAULT_MODEL)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    expect_error(
+        r"HF_HUB_OFFLINE is set.*merge-medium.*--model PATH/merge-medium", model=DEFAULT_MODEL
+    )
 
 
 def test_whisper_download_failure_is_one_clear_message(
     tiny_model_files: ModelFiles, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # Point the cache at an empty folder: openai-whisper must download, and nothing is reachable.
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
     expect_error(
-        "could not download Whisper 'tiny'", model=str(tiny_model_files.quantizer), whisper="tiny"
+        r"unreachable.*Whisper tiny \(tiny.pt.*--whisper PATH/tiny.pt",
+        model=str(tiny_model_files.quantizer),
+        whisper="tiny",
     )
 
 
