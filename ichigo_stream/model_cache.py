@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -89,7 +90,19 @@ def whisper_cached_file(file_name: str, cache: Path | None = None) -> Path | Non
 
 def probe(url: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
     """One HEAD request, no retries: None if the server answered (any HTTP status), else why
-    it could not be reached."""
+    it could not be reached. The whole attempt, name lookup included (which urllib's timeout
+    does not cover: a dead DNS server can stall getaddrinfo for tens of seconds), is bounded
+    by `timeout`; a stalled attempt is left to finish in a daemon thread."""
+    outcome: list[str | None] = []
+    thread = threading.Thread(
+        target=lambda: outcome.append(_head(url, timeout)), name="ichigo-probe", daemon=True
+    )
+    thread.start()
+    thread.join(timeout)
+    return outcome[0] if outcome else f"no answer within {timeout:g} s"
+
+
+def _head(url: str, timeout: float) -> str | None:
     request = urllib.request.Request(url, method="HEAD")
     try:
         with urllib.request.urlopen(request, timeout=timeout):

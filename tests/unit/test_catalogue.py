@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -164,9 +165,26 @@ def test_unreachable_host_is_tried_once_and_fast(monkeypatch: pytest.MonkeyPatch
     assert network.down is not None and "127.0.0.1" in network.down
 
 
+def test_a_stalled_name_lookup_is_cut_short(monkeypatch: pytest.MonkeyPatch) -> None:
+    # urllib's timeout does not cover getaddrinfo; a dead DNS server can stall it for long.
+    release = threading.Event()
+
+    def stalled_lookup(*args: object, **kwargs: object) -> list[object]:
+        release.wait(30)
+        raise socket.gaierror("stalled")
+
+    monkeypatch.setattr(socket, "getaddrinfo", stalled_lookup)
+    start = time.monotonic()
+    try:
+        reason = probe("http://stalled.invalid/file", timeout=0.5)
+    finally:
+        release.set()
+    assert time.monotonic() - start < 3
+    assert reason == "no answer within 0.5 s"
+
+
 def test_probe_counts_any_http_answer_as_reachable() -> None:
     import http.server
-    import threading
 
     class NotFound(http.server.BaseHTTPRequestHandler):
         def do_HEAD(self) -> None:
