@@ -41,6 +41,8 @@ CONTENT_TYPES = {
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css",
 }
+PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 FORCE_CLOSE_S = 1.0  # on a forced exit, how long a client may take to answer the close frame
 
 
@@ -182,8 +184,12 @@ class StreamServer:
                 200 if healthy else 503, "ok\n" if healthy else "unavailable\n"
             )
         if url.path == "/metrics":
+            # OpenMetrics for a scraper that asks for it; Prometheus text 0.0.4 otherwise.
+            openmetrics = "application/openmetrics-text" in request.headers.get("Accept", "")
             return _response(
-                200, self._render_metrics(), "text/plain; version=0.0.4; charset=utf-8"
+                200,
+                self._render_metrics(openmetrics=openmetrics),
+                OPENMETRICS_TYPE if openmetrics else PROMETHEUS_TYPE,
             )
         page = STATIC / ("index.html" if url.path == "/" else url.path.lstrip("/"))
         if (
@@ -203,24 +209,17 @@ class StreamServer:
         # Constant-time comparison: the token must not leak through response timing.
         return any(hmac.compare_digest(c.encode(), expected) for c in candidates)
 
-    def _render_metrics(self) -> str:
+    def _render_metrics(self, *, openmetrics: bool = False) -> str:
         stats = self.worker.stats_snapshot()
-        gauges = {
-            "ichigo_sessions": ("Open WebSocket sessions.", len(self.connections)),
-            "ichigo_queue_depth": ("Jobs waiting for the model worker.", self.worker.queue_depth),
-            "ichigo_worker_healthy": (
-                "1 while the model worker answers.",
-                int(self.worker.healthy()),
-            ),
-        }
-        counters = {
-            "ichigo_partials_shed_total": ("Partial jobs dropped under load.", stats.partials_shed),
-            "ichigo_model_jobs_failed_total": ("Model jobs that raised.", stats.jobs_failed),
-        }
-        histograms = {
-            "ichigo_batch_size": ("Clips per encoder batch.", stats.batch_size),
-        }
-        return self.metrics.render(gauges, counters, histograms)
+        return self.metrics.render_server(
+            open_sessions=len(self.connections),
+            queue_depth=self.worker.queue_depth,
+            worker_healthy=self.worker.healthy(),
+            partials_shed=stats.partials_shed,
+            jobs_failed=stats.jobs_failed,
+            batch_size=stats.batch_size,
+            openmetrics=openmetrics,
+        )
 
     # -- WebSocket sessions ----------------------------------------------------------------
 
