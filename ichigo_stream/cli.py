@@ -24,6 +24,7 @@ from .cli_common import (
     EXIT_INTERRUPTED,
     PROG,
     Command,
+    HelpFormatter,
     error_line,
 )
 from .cli_offline import OFFLINE_COMMANDS
@@ -94,7 +95,7 @@ def build_parser(commands: Sequence[Command] | None = None) -> argparse.Argument
             help=command.help,
             description=command.help,
             epilog=f"{command.epilog}{ENVIRONMENT_NOTE}",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=HelpFormatter,
         )
         command.add_arguments(sub)
         sub.set_defaults(run=command.run)

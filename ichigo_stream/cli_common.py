@@ -28,12 +28,34 @@ OUTPUT_FORMATS = ("jsonl", "ichigo", "ichigo-rle")
 EXIT_OK, EXIT_FILES_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 # (flag, VadOptions field, type, metavar, help): each VAD flag sets the field of its name.
 VAD_FLAGS: tuple[tuple[str, str, type, str, str], ...] = (
-    ("--vad-aggressiveness", "aggressiveness", int, "0-3", "webrtcvad aggressiveness"),
+    ("--vad-aggressiveness", "aggressiveness", int, "N", "webrtcvad aggressiveness, 0-3"),
     ("--min-silence-ms", "min_silence_ms", int, "MS", "silence that ends a segment"),
     ("--tail-ms", "tail_ms", int, "MS", "audio kept after the last voiced frame"),
     ("--preroll-ms", "preroll_ms", int, "MS", "audio kept before the first voiced frame"),
     ("--max-segment-s", "max_segment_s", float, "S", "longest VAD segment, at most 30 s"),
 )
+# The metavar style of every command: an upper-case noun naming the value (N, MS, S, PATH,
+# URL, REF, SECRET, ...), or the set of choices; tests/unit/test_cli_help.py checks it.
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every subcommand's help: descriptions as written, and each option's default shown.
+
+    An option whose help does not already say its default gets "(default: X)" appended;
+    flags (no value) and options without a default (None) say what not giving them means in
+    their own words (tests/unit/test_cli_help.py holds every option to that).
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            action.option_strings
+            and action.nargs != 0
+            and action.default not in (None, argparse.SUPPRESS)
+            and "default" not in text.lower()
+        ):
+            text += " (default: %(default)s)"
+        return text
 
 
 @dataclass(frozen=True)
@@ -104,14 +126,15 @@ def add_device_arguments(
         type=device_arg,
         default=device,
         metavar="DEVICE",
-        help=f"cpu, cuda or cuda:N (default {device or 'as serve: cpu'})",
+        help="torch device for the model: cpu, cuda or cuda:N "
+        f"(default: {device or 'as serve: cpu'})",
     )
     parser.add_argument(
         "--dtype",
         type=dtype_arg,
         default=dtype,
         metavar=DTYPE_METAVAR,
-        help=f"encoder precision (default {dtype or 'as serve: float32'})",
+        help=f"encoder precision (default: {dtype or 'as serve: float32'})",
     )
 
 
@@ -141,45 +164,59 @@ def load_options(args: argparse.Namespace) -> LoadOptions:
 
 
 def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
-    vad = VadOptions()
     group = parser.add_argument_group("segmentation and batching")
     group.add_argument(
         "--segment",
         choices=SEGMENT_MODES,
         default="vad",
-        help="vad: speech segments from webrtcvad (default); fixed: back-to-back 30 s windows; "
-        "none: the whole file as one window (a file over 30 s is an error, never cut)",
+        help="vad: speech segments from webrtcvad; fixed: back-to-back 30 s windows; "
+        "none: the whole file as one window (a file over 30 s is an error, never cut) "
+        "(default: vad)",
     )
     group.add_argument(
         "--batch-size",
         type=positive_int,
         default=None,
         metavar="N",
-        help="segments per encoder batch, across files (default 1 on CPU, where batching does "
+        help="segments per encoder batch, across files (default: 1 on CPU, where batching does "
         "not pay, 32 on CUDA); output does not depend on it",
     )
+    add_vad_arguments(group)
+
+
+def add_vad_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, title: str | None = None
+) -> None:
+    """The VAD options (tokenize, transcribe, serve, send, mic): one flag per VadOptions field."""
+    if title is not None and isinstance(parser, argparse.ArgumentParser):
+        parser = parser.add_argument_group(title)
+    vad = VadOptions()
     for flag, name, kind, metavar, text in VAD_FLAGS:
         default = getattr(vad, name)
-        group.add_argument(
+        parser.add_argument(
             flag,
             dest=f"vad_{name}",
             type=kind,
             default=default,
             metavar=metavar,
-            help=f"{text} (default {default:g})",
+            help=f"{text} (default: {default:g})",
         )
 
 
-def batch_options(args: argparse.Namespace) -> BatchOptions:
+def vad_options(args: argparse.Namespace) -> VadOptions:
+    """The VadOptions of the VAD flags; a bad combination is a one-line error."""
     try:
-        vad = VadOptions(**{name: getattr(args, f"vad_{name}") for _, name, *_ in VAD_FLAGS})
+        return VadOptions(**{name: getattr(args, f"vad_{name}") for _, name, *_ in VAD_FLAGS})
     except SegmentationError as e:
         raise SegmentationError(f"VAD options: {e}") from None
-    return BatchOptions(mode=args.segment, vad=vad, batch_size=args.batch_size)
+
+
+def batch_options(args: argparse.Namespace) -> BatchOptions:
+    return BatchOptions(mode=args.segment, vad=vad_options(args), batch_size=args.batch_size)
 
 
 def add_output_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-o", "--output", metavar="OUT", help="write here instead of stdout")
+    parser.add_argument("-o", "--output", metavar="PATH", help="write here (default: stdout)")
 
 
 # -- helpers ---------------------------------------------------------------------------------

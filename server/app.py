@@ -227,7 +227,9 @@ class StreamServer:
         assert self._loop is not None
         now = self._loop.time()
         capabilities = Capabilities(text=self.config.text, limits=self.config.limits)
-        session = ServerSession(uuid.uuid4().hex[:16], self.info, capabilities, now)
+        session = ServerSession(
+            uuid.uuid4().hex[:16], self.info, capabilities, now, vad_defaults=self.config.vad
+        )
         origin = ws.request.headers.get("Origin") if ws.request else None
         # The allowlist guards against other web pages driving a visitor's browser here;
         # browsers always send Origin, and non-browser clients (ours included) send none.
