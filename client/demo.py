@@ -25,6 +25,7 @@ from ichigo_stream.cli_common import (
     Command,
     add_device_arguments,
     error_line,
+    require_model_extra,
 )
 from ichigo_stream.errors import IchigoStreamError
 from ichigo_stream.server_process import ServerProcess
@@ -134,6 +135,7 @@ def _show_log_tail(server: ServerProcess, path: str) -> None:
 
 def _run_demo(args: argparse.Namespace) -> int:
     options = demo_options(args)
+    require_model_extra("demo")  # its server loads the model: say so before starting it
     log, temporary = _open_log(options.server_log)
     clean = False
     try:

@@ -26,6 +26,7 @@ from .cli_common import (
     Command,
     HelpFormatter,
     error_line,
+    missing_extra_message,
 )
 from .cli_offline import OFFLINE_COMMANDS
 from .config import ENV_PREFIX, FALSE_WORDS, TRUE_WORDS, EnvironmentParser
@@ -104,11 +105,19 @@ def build_parser(commands: Sequence[Command] | None = None) -> argparse.Argument
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ichigo-stream console script; returns the exit status."""
+    args = None
     try:
         args = build_parser().parse_args(argv)
         return args.run(args)
     except IchigoStreamError as e:
         error_line(str(e))
+        return EXIT_ERROR
+    except ModuleNotFoundError as e:
+        # An optional extra that is not installed: one line naming it, never a traceback.
+        message = missing_extra_message(e, getattr(args, "command", None))
+        if message is None:
+            raise
+        error_line(message)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -217,6 +218,55 @@ def batch_options(args: argparse.Namespace) -> BatchOptions:
 
 def add_output_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", metavar="PATH", help="write here (default: stdout)")
+
+
+# -- extras ----------------------------------------------------------------------------------
+
+# The optional extras (pyproject.toml) by the top-level modules they bring.
+EXTRA_OF_MODULE = {
+    "torch": "model",
+    "whisper": "model",
+    "huggingface_hub": "model",
+    "tqdm": "model",
+    "sounddevice": "mic",
+    "matplotlib": "plot",
+}
+MODEL_MODULES = ("torch", "whisper", "huggingface_hub")
+
+
+def install_hint(extra: str) -> str:
+    return f"pip install 'ichigo-stream[{extra}]'"
+
+
+def missing_extra_message(error: ModuleNotFoundError, command: str | None) -> str | None:
+    """The one line for an optional extra that is not installed; None for any other module."""
+    module = (error.name or "").partition(".")[0]
+    extra = EXTRA_OF_MODULE.get(module)
+    if extra is None:
+        return None
+    who = f"{command} needs" if command else "this needs"
+    return f"{who} {module}, which is not installed (the {extra} extra): {install_hint(extra)}"
+
+
+def missing_model_module() -> str | None:
+    """The first module of the model extra that cannot be imported, without importing any."""
+    for name in MODEL_MODULES:
+        try:
+            if importlib.util.find_spec(name) is None:
+                return name
+        except (ImportError, ValueError):
+            return name
+    return None
+
+
+def require_model_extra(command: str) -> None:
+    """Fail at once, in one line, where the model extra is missing (before any slow step)."""
+    module = missing_model_module()
+    if module is not None:
+        raise IchigoStreamError(
+            f"{command} needs {module}, which is not installed (the model extra): "
+            f"{install_hint('model')}"
+        )
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -19,11 +19,13 @@ from .cli_common import (
     add_output_argument,
     add_segment_arguments,
     batch_options,
+    install_hint,
     load_model,
     load_options,
     open_output,
     positive_int,
     report,
+    require_model_extra,
     tokenized,
 )
 from .constants import SAMPLE_RATE
@@ -128,6 +130,7 @@ def _run_tokenize(args: argparse.Namespace) -> int:
 
 
 def run_tokenize(options: TokenizeOptions) -> int:
+    require_model_extra("tokenize")
     plots = plot_paths(options.plot, len(options.files)) if options.plot else None
     if plots is not None:
         if not plots[0].parent.is_dir():
@@ -135,7 +138,9 @@ def run_tokenize(options: TokenizeOptions) -> int:
         try:
             from .plot import plot_tokens
         except ImportError:
-            raise IchigoStreamError("--plot needs matplotlib: pip install matplotlib") from None
+            raise IchigoStreamError(
+                f"--plot needs matplotlib, which is not installed: {install_hint('plot')}"
+            ) from None
     with open_output(options.output) as out:
         tokenizer, info = load_model(options.load)
         model = info.to_dict()
@@ -235,6 +240,7 @@ def _run_transcribe(args: argparse.Namespace) -> int:
 
 
 def run_transcribe(options: TranscribeOptions) -> int:
+    require_model_extra("transcribe")
     from .model import TextOptions  # imports torch: only when transcribing
 
     text_options = TextOptions(language=options.language, prompt=options.prompt)
@@ -352,6 +358,7 @@ def _run_make_random_model(args: argparse.Namespace) -> int:
 
 
 def run_make_random_model(options: RandomModelOptions) -> int:
+    require_model_extra("make-random-model")
     from .checkpoint import dims_for, write_random_checkpoint
     from .whisper_weights import RELEASED_WHISPER_DIMS, random_whisper_dims, write_random_whisper
 

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -31,6 +30,7 @@ from ichigo_stream.protocol import STREAM_PATH
 from ichigo_stream.session import Action, Cancel, Close, Job, JobResult, Send, ServerSession, Submit
 
 from .config import ServerConfig
+from .listener import Listener, tls_context
 from .metrics import ServerMetrics
 from .worker import ModelWorker
 
@@ -73,19 +73,24 @@ class StreamServer:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Listen; an address that cannot be bound is an IchigoStreamError, not a traceback."""
+    async def start(self, listener: Listener | None = None) -> None:
+        """Listen (on the listener's socket, bound before the model loaded, if given); an
+        address that cannot be bound is an IchigoStreamError, not a traceback."""
         self._loop = asyncio.get_running_loop()
         limit = self.config.limits.max_message_bytes
+        where = (
+            {"sock": listener.sock}
+            if listener is not None
+            else {"host": self.config.host, "port": self.config.port}
+        )
         try:
             self._server = await serve(
                 self._handle,
-                self.config.host,
-                self.config.port,
+                **where,
                 process_request=self._http,
                 # Our own size check answers with an error message first; this is the hard stop.
                 max_size=4 * limit + 1024,
-                ssl=self._ssl_context(),
+                ssl=listener.tls if listener is not None else tls_context(self.config),
                 compression=None,  # PCM does not compress; deflate would only cost CPU
             )
         except OSError as e:
@@ -99,13 +104,6 @@ class StreamServer:
     def port(self) -> int:
         assert self._server is not None
         return self._server.sockets[0].getsockname()[1]
-
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        if not self.config.certfile:
-            return None
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.config.certfile, self.config.keyfile)
-        return context
 
     async def drain(self) -> None:
         """Stop accepting, finish every open segment, send done, close; all within the timeout.
@@ -359,16 +357,22 @@ def _response(status: int, body: str, content_type: str) -> Response:
 
 @contextlib.asynccontextmanager
 async def running_server(
-    config: ServerConfig, tokenizer: IchigoTokenizer, info: ModelInfo
+    config: ServerConfig,
+    tokenizer: IchigoTokenizer,
+    info: ModelInfo,
+    listener: Listener | None = None,
 ) -> AsyncIterator[StreamServer]:
     """A warmed-up, started server that drains on exit (run_server, tests, embedding).
+
+    listener: a socket bound (and TLS loaded) beforehand, as run_server does before loading
+    the model; None binds config.host:config.port here.
 
     Warm-up is model work: it runs in a worker thread, so the event loop (other servers'
     sessions in an embedding process, the signal handlers) never waits for it.
     """
     server = StreamServer(config, tokenizer, info)
     await asyncio.to_thread(server.worker.warm_up, text=config.text)
-    await server.start()
+    await server.start(listener)
     try:
         yield server
     finally:
