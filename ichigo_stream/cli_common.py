@@ -10,11 +10,14 @@ import argparse
 import contextlib
 import importlib.util
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
-from .errors import IchigoStreamError, SegmentationError
+from .audio import check_audio_path
+from .constants import SAMPLE_RATE
+from .errors import AudioError, IchigoStreamError, SegmentationError
 from .options import DEFAULT_MODEL, DTYPE_NAMES, LoadOptions, device_problem, dtype_problem
 from .pipeline import SEGMENT_MODES, FileResult, SegmentMode, tokenize_files
 from .segmentation import VadOptions
@@ -296,10 +299,68 @@ def open_output(path: str | None) -> Iterator[TextIO]:
         yield f
 
 
+def input_problems(files: Sequence[str]) -> dict[str, str]:
+    """The inputs that cannot be read, with their one-line errors (the pipeline's words)."""
+    problems = {}
+    for name in files:
+        try:
+            check_audio_path(name)
+        except AudioError as e:
+            problems[name] = str(e)
+    return problems
+
+
+def none_readable(files: Sequence[str]) -> list[FileResult] | None:
+    """If no input can be read: each file's failed result (to report without loading a
+    model, which could take minutes); else None (a bad file among good ones is reported in
+    its place in the output, as the pipeline reaches it)."""
+    problems = input_problems(files)
+    if len(problems) < len(files):
+        return None
+    return [FileResult(file=f, segments=[], n_samples=0, error=problems[f]) for f in files]
+
+
+def progress_line(text: str) -> None:
+    """A progress step on stderr, only when stderr is a terminal (scripts and logs stay
+    clean: their stdout is the output, their stderr the errors)."""
+    if sys.stderr.isatty():
+        print(f"{PROG}: {text}", file=sys.stderr, flush=True)
+
+
 def load_model(options: LoadOptions, *, text: bool = False) -> tuple[IchigoTokenizer, ModelInfo]:
+    """The model, with its steps on a terminal's stderr (loading can take minutes)."""
+    whisper = options.whisper or "the checkpoint's"
+    progress_line(
+        f"loading the model: quantizer {options.model}, Whisper {whisper}"
+        f"{' with its decoder' if text else ''}, on {options.device} ({options.dtype})..."
+    )
+    started = time.monotonic()
     from .loading import load_tokenizer
 
-    return load_tokenizer(options, text=text)
+    tokenizer, info = load_tokenizer(options, text=text)
+    progress_line(
+        f"model loaded in {time.monotonic() - started:.1f} s: {info.name} "
+        f"({info.codebook_size} codes), Whisper {info.whisper}"
+    )
+    return tokenizer, info
+
+
+def audio_seconds(files: Sequence[str]) -> float | None:
+    """The inputs' total duration from their headers (fast: no decoding), for the progress
+    bar's ETA; a file whose header libsndfile cannot read counts as the known files' mean.
+    None when no duration is known."""
+    import soundfile as sf
+
+    known: list[float] = []
+    unknown = 0
+    for name in files:
+        try:
+            known.append(sf.info(name).duration)
+        except Exception:  # any format libsndfile cannot read (MP3 via ffmpeg, ...), or none
+            unknown += 1
+    if not known:
+        return None
+    return sum(known) + unknown * sum(known) / len(known)
 
 
 def tokenized(
@@ -310,15 +371,24 @@ def tokenized(
     text_options: TextOptions | None = None,
     keep_audio: bool = False,
 ) -> Iterator[FileResult]:
-    """The pipeline's results, with a progress bar on stderr when it is a terminal."""
+    """The pipeline's results, with a progress bar on stderr when it is a terminal: audio
+    seconds done of the total (so tqdm's rate and ETA are in audio), files done, hours done."""
     bar = None
     if sys.stderr.isatty():
         with contextlib.suppress(ImportError):
             from tqdm import tqdm
 
-            bar = tqdm(total=len(files), unit="file", file=sys.stderr, leave=False)
+            total = audio_seconds(files)
+            bar = tqdm(
+                total=round(total) if total is not None else None,
+                unit="audio-s",
+                file=sys.stderr,
+                leave=False,
+                dynamic_ncols=True,
+            )
+    done_files, done_seconds = 0, 0.0
     try:
-        yield from tokenize_files(
+        for result in tokenize_files(
             files,
             tokenizer,
             mode=batch.mode,
@@ -326,9 +396,18 @@ def tokenized(
             batch_size=batch.batch_size,
             text=text_options is not None,
             text_options=text_options,
-            progress=bar.update if bar is not None else None,
             keep_audio=keep_audio,
-        )
+        ):
+            if bar is not None:
+                done_files += 1
+                seconds = result.n_samples / SAMPLE_RATE
+                done_seconds += seconds
+                bar.update(round(done_seconds) - bar.n)
+                bar.set_postfix_str(
+                    f"{done_files}/{len(files)} files, {done_seconds / 3600:.2f} h audio",
+                    refresh=True,
+                )
+            yield result
     finally:
         if bar is not None:
             bar.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from .cli_common import (
     install_hint,
     load_model,
     load_options,
+    none_readable,
     open_output,
     positive_int,
     report,
@@ -142,10 +144,17 @@ def run_tokenize(options: TokenizeOptions) -> int:
                 f"--plot needs matplotlib, which is not installed: {install_hint('plot')}"
             ) from None
     with open_output(options.output) as out:
-        tokenizer, info = load_model(options.load)
-        model = info.to_dict()
+        unreadable = none_readable(options.files)
+        if unreadable is not None:  # nothing to tokenize: no model loaded
+            model: dict[str, Any] = {}
+            results: Iterable[FileResult] = unreadable
+        else:
+            tokenizer, info = load_model(options.load)
+            model = info.to_dict()
+            results = tokenized(
+                options.files, tokenizer, options.batch, keep_audio=plots is not None
+            )
         failed = False
-        results = tokenized(options.files, tokenizer, options.batch, keep_audio=plots is not None)
         for index, result in enumerate(results):
             failed |= report(result)
             if options.format == "jsonl":
@@ -160,7 +169,7 @@ def run_tokenize(options: TokenizeOptions) -> int:
                     result.audio,
                     result.segments,
                     title=Path(result.file).name,
-                    codebook_size=info.codebook_size,
+                    codebook_size=info.codebook_size,  # only with a model loaded
                     token_rate=info.token_rate,
                 )
     return EXIT_FILES_FAILED if failed else EXIT_OK
@@ -241,14 +250,19 @@ def _run_transcribe(args: argparse.Namespace) -> int:
 
 def run_transcribe(options: TranscribeOptions) -> int:
     require_model_extra("transcribe")
-    from .model import TextOptions  # imports torch: only when transcribing
-
-    text_options = TextOptions(language=options.language, prompt=options.prompt)
     with open_output(options.output) as out:
-        tokenizer, info = load_model(options.load, text=True)
-        model = info.to_dict()
+        unreadable = none_readable(options.files)
+        if unreadable is not None:  # nothing to transcribe: no model loaded
+            model: dict[str, Any] = {}
+            results: Iterable[FileResult] = unreadable
+        else:
+            from .model import TextOptions  # imports torch: only when transcribing
+
+            text_options = TextOptions(language=options.language, prompt=options.prompt)
+            tokenizer, info = load_model(options.load, text=True)
+            model = info.to_dict()
+            results = tokenized(options.files, tokenizer, options.batch, text_options=text_options)
         failed = False
-        results = tokenized(options.files, tokenizer, options.batch, text_options=text_options)
         for result in results:
             if options.format == "jsonl":
                 failed |= report(result)

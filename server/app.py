@@ -371,6 +371,7 @@ async def running_server(
     sessions in an embedding process, the signal handlers) never waits for it.
     """
     server = StreamServer(config, tokenizer, info)
+    log.info("warming up the model")
     await asyncio.to_thread(server.worker.warm_up, text=config.text)
     await server.start(listener)
     try:

@@ -111,7 +111,12 @@ def run_server(config: ServerConfig, listener: Listener | None = None) -> int:
     listener = listener if listener is not None else Listener(config)
     try:
         configure_torch(config)
-        log.info("loading %s", config.load.model)
+        log.info(
+            "loading %s (Whisper %s) on %s",
+            config.load.model,
+            config.load.whisper or "as the checkpoint names",
+            config.load.device,
+        )
         tokenizer, info = load_tokenizer(config.load, text=config.text)
         status, worker = asyncio.run(_serve_until_signalled(config, tokenizer, info, listener))
     finally:
