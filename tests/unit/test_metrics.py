@@ -9,7 +9,7 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families as prometheus_families
 
 from ichigo_stream.messages import ErrorMessage
-from server.metrics import BATCH_BUCKETS, Histogram, ServerMetrics
+from ichigo_stream_server.metrics import BATCH_BUCKETS, Histogram, ServerMetrics
 
 
 def page(*, openmetrics: bool) -> str:
