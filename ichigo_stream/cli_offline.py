@@ -178,7 +178,7 @@ def run_tokenize(options: TokenizeOptions) -> int:
 # -- transcribe --------------------------------------------------------------------------------
 
 TRANSCRIBE_EPILOG = """\
-output formats (--format), in the order of the FILEs:
+output formats (--transcript-format, or --format), in the order of the FILEs:
   text   for each FILE a line "# FILE", then one line per segment:
            [MM:SS.mmm --> MM:SS.mmm] text
   jsonl  one JSON object per FILE: {"file", "sample_rate": 16000, "segments": [{"start",
@@ -224,8 +224,12 @@ def _transcribe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prompt", metavar="TEXT", help="text prompt for Whisper's decoder (default: none)"
     )
+    # Not only --format: that is tokenize's output format (other choices), and one option
+    # name (so one ICHIGO_* variable) means one thing across commands; --format is the alias.
     parser.add_argument(
+        "--transcript-format",
         "--format",
+        dest="format",
         choices=TRANSCRIBE_FORMATS,
         default="text",
         help="text: timestamped lines per file; jsonl: one JSON object per file (see below) "
