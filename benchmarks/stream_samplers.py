@@ -240,7 +240,7 @@ async def wait_idle(url: str, timeout: float = 120.0) -> None:
         values = await asyncio.to_thread(scrape, url)
         if (
             not values
-            or values.get("ichigo_sessions", 0) + values.get("ichigo_queue_depth", 0) == 0
+            or values.get("ichigo_sessions_open", 0) + values.get("ichigo_queue_depth", 0) == 0
         ):
             return
         await asyncio.sleep(0.5)

@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
 from ichigo_stream.cli_common import (
@@ -50,10 +50,11 @@ from ichigo_stream.client import (
 )
 from ichigo_stream.constants import SAMPLE_RATE
 from ichigo_stream.errors import IchigoStreamError
+from ichigo_stream.segmentation import VadOptions
 from ichigo_stream.terminal import printable
 
 from .capture import DEFAULT_BUFFER_S, MicCapture
-from .common import add_connection_arguments, server_url
+from .common import add_connection_arguments, server_url, session_vad
 from .devices import (
     DeviceError,
     InputDevice,
@@ -120,6 +121,7 @@ class MicOptions:
     buffer_s: float = DEFAULT_BUFFER_S
     stop_timeout_s: float = 15.0
     plain: bool = False
+    vad: VadOptions = field(default_factory=VadOptions)  # the session's, sent in start
 
     def client_options(self) -> ClientOptions:
         return ClientOptions(
@@ -131,6 +133,7 @@ class MicOptions:
                 text=self.text,
                 language=self.language,
                 llm_format=self.llm_format,
+                vad=self.vad,
             ),
             # A live source cannot pause: retry quickly and for as long as the buffer lasts,
             # but fail at once if the server is not there to begin with (a typo in the URL).
@@ -157,11 +160,16 @@ def add_mic_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--input-device",
         "--device",
-        metavar="N|NAME",
-        help="input device: index or (part of) its name (env ICHIGO_INPUT_DEVICE)",
+        metavar="DEVICE",
+        help="input device: its index or (part of) its name, as --list-devices shows "
+        "(default: the system's default input)",
     )
     add("--list-devices", action="store_true", help="list the input devices and exit")
-    add("--save", metavar="FILE.jsonl", help="write every event as JSON lines here")
+    add(
+        "--save",
+        metavar="PATH",
+        help="write every event as JSON lines here (default: none)",
+    )
     add("--no-partials", action="store_true", help="do not ask for partial results")
     add("--plain", action="store_true", help="plain lines even on a terminal")
     add(
@@ -169,14 +177,15 @@ def add_mic_arguments(parser: argparse.ArgumentParser) -> None:
         type=_positive,
         default=MicOptions.buffer_s,
         metavar="S",
-        help="audio kept while disconnected; the oldest is dropped beyond it (default 120)",
+        help="audio kept while disconnected; the oldest is dropped beyond it "
+        "(default: %(default)g)",
     )
     add(
         "--stop-timeout-s",
         type=_positive,
         default=MicOptions.stop_timeout_s,
         metavar="S",
-        help="after Ctrl-C, how long to wait for the last segment (default 15)",
+        help="after Ctrl-C, how long to wait for the last segment (default: %(default)g)",
     )
 
 
@@ -189,6 +198,7 @@ def mic_options(args: argparse.Namespace) -> MicOptions:
         text=args.text,
         language=args.language,
         llm_format=args.llm_format,
+        vad=session_vad(args),
         partials=not args.no_partials,
         save=args.save,
         reconnect=not args.no_reconnect,

@@ -15,7 +15,7 @@ import math
 import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TextIO
 
 import numpy as np
@@ -35,9 +35,10 @@ from ichigo_stream.client import (
     stream,
 )
 from ichigo_stream.constants import SAMPLE_RATE
+from ichigo_stream.segmentation import VadOptions
 from ichigo_stream.terminal import printable
 
-from .common import add_connection_arguments, server_url, speed_arg
+from .common import add_connection_arguments, server_url, session_vad, speed_arg
 from .terminal_view import reconnecting_line
 
 CHUNK_S = 0.1  # paced chunks: what a live source would send
@@ -73,6 +74,7 @@ class SendOptions:
     reconnect: bool = True
     speed: float = 1.0  # times real time; 0 or inf: as fast as allowed
     output: str | None = None  # every event as JSON lines here
+    vad: VadOptions = field(default_factory=VadOptions)  # the session's, sent in start
 
     def client_options(self) -> ClientOptions:
         return ClientOptions(
@@ -84,6 +86,7 @@ class SendOptions:
                 text=self.text,
                 language=self.language,
                 llm_format=self.llm_format,
+                vad=self.vad,
             ),
             reconnect=ReconnectPolicy() if self.reconnect else None,
         )
@@ -98,6 +101,7 @@ def send_options(args: argparse.Namespace) -> SendOptions:
         text=args.text,
         language=args.language,
         llm_format=args.llm_format,
+        vad=session_vad(args),
         partials=args.partials,
         reconnect=not args.no_reconnect,
         speed=args.speed,
@@ -114,10 +118,15 @@ def add_send_arguments(parser: argparse.ArgumentParser) -> None:
         type=speed_arg,
         default=1.0,
         metavar="X",
-        help="pace at X times real time (default 1; 0 or inf: as fast as allowed)",
+        help="pace at X times real time; 0 or inf: as fast as allowed (default: 1)",
     )
     add("--partials", action="store_true", help="ask for partial results (written to -o only)")
-    add("-o", "--output", metavar="OUT", help="write every event as JSON lines here")
+    add(
+        "-o",
+        "--output",
+        metavar="PATH",
+        help="write every event as JSON lines here (default: none)",
+    )
 
 
 def segment_line(segment: Segment) -> str:

@@ -176,6 +176,17 @@ def _check_path(name: str) -> None:
         raise _error(name, f"the file is empty (0 bytes); expected {EXPECTED}")
 
 
+def check_audio_path(name: str) -> None:
+    """The checks load_audio makes before decoding (exists, a file, not empty, readable):
+    the CLI runs them on every input before it loads a model. Raises AudioError."""
+    _check_path(name)
+    try:
+        with open(name, "rb"):
+            pass
+    except OSError as e:
+        raise _error(name, f"{e.strerror or e}; expected {EXPECTED}") from None
+
+
 def _positive_int(text: str | None) -> int | None:
     return int(text) if text is not None and text.isdigit() and int(text) > 0 else None
 

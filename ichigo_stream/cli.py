@@ -24,7 +24,9 @@ from .cli_common import (
     EXIT_INTERRUPTED,
     PROG,
     Command,
+    HelpFormatter,
     error_line,
+    missing_extra_message,
 )
 from .cli_offline import OFFLINE_COMMANDS
 from .config import ENV_PREFIX, FALSE_WORDS, TRUE_WORDS, EnvironmentParser
@@ -94,7 +96,7 @@ def build_parser(commands: Sequence[Command] | None = None) -> argparse.Argument
             help=command.help,
             description=command.help,
             epilog=f"{command.epilog}{ENVIRONMENT_NOTE}",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=HelpFormatter,
         )
         command.add_arguments(sub)
         sub.set_defaults(run=command.run)
@@ -103,11 +105,19 @@ def build_parser(commands: Sequence[Command] | None = None) -> argparse.Argument
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ichigo-stream console script; returns the exit status."""
+    args = None
     try:
         args = build_parser().parse_args(argv)
         return args.run(args)
     except IchigoStreamError as e:
         error_line(str(e))
+        return EXIT_ERROR
+    except ModuleNotFoundError as e:
+        # An optional extra that is not installed: one line naming it, never a traceback.
+        message = missing_extra_message(e, getattr(args, "command", None))
+        if message is None:
+            raise
+        error_line(message)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,14 @@ from .cli_common import (
     add_output_argument,
     add_segment_arguments,
     batch_options,
+    install_hint,
     load_model,
     load_options,
+    none_readable,
     open_output,
     positive_int,
     report,
+    require_model_extra,
     tokenized,
 )
 from .constants import SAMPLE_RATE
@@ -83,25 +87,28 @@ def _tokenize_arguments(parser: argparse.ArgumentParser) -> None:
         "--format",
         choices=OUTPUT_FORMATS,
         default="jsonl",
-        help="jsonl (default): one JSON object per file; ichigo / ichigo-rle: one line of LLM "
-        "sound-token text per file (see below)",
+        help="jsonl: one JSON object per file; ichigo / ichigo-rle: one line of LLM "
+        "sound-token text per file (see below) (default: jsonl)",
     )
     add_output_argument(parser)
     parser.add_argument(
         "--plot",
         metavar="PNG",
         help="also draw waveform, segments and tokens to PNG (STEM-<index>.png per file when "
-        "several)",
+        "several; default: no plot)",
     )
 
 
-def _jsonl_line(result: FileResult, model: dict[str, Any]) -> str:
+def _jsonl_line(result: FileResult, model: dict[str, Any], *, text: bool = False) -> str:
     if result.error is not None:
         return json.dumps({"file": result.file, "error": result.error})
-    segments = [
+    segments: list[dict[str, Any]] = [
         {"start": s.start / SAMPLE_RATE, "end": s.end / SAMPLE_RATE, "tokens": s.tokens}
         for s in result.segments
     ]
+    if text:
+        for record, segment in zip(segments, result.segments, strict=True):
+            record["text"] = segment.text or ""
     record = {"file": result.file, "sample_rate": SAMPLE_RATE, "segments": segments}
     return json.dumps({**record, "model": model})
 
@@ -125,6 +132,7 @@ def _run_tokenize(args: argparse.Namespace) -> int:
 
 
 def run_tokenize(options: TokenizeOptions) -> int:
+    require_model_extra("tokenize")
     plots = plot_paths(options.plot, len(options.files)) if options.plot else None
     if plots is not None:
         if not plots[0].parent.is_dir():
@@ -132,12 +140,21 @@ def run_tokenize(options: TokenizeOptions) -> int:
         try:
             from .plot import plot_tokens
         except ImportError:
-            raise IchigoStreamError("--plot needs matplotlib: pip install matplotlib") from None
+            raise IchigoStreamError(
+                f"--plot needs matplotlib, which is not installed: {install_hint('plot')}"
+            ) from None
     with open_output(options.output) as out:
-        tokenizer, info = load_model(options.load)
-        model = info.to_dict()
+        unreadable = none_readable(options.files)
+        if unreadable is not None:  # nothing to tokenize: no model loaded
+            model: dict[str, Any] = {}
+            results: Iterable[FileResult] = unreadable
+        else:
+            tokenizer, info = load_model(options.load)
+            model = info.to_dict()
+            results = tokenized(
+                options.files, tokenizer, options.batch, keep_audio=plots is not None
+            )
         failed = False
-        results = tokenized(options.files, tokenizer, options.batch, keep_audio=plots is not None)
         for index, result in enumerate(results):
             failed |= report(result)
             if options.format == "jsonl":
@@ -152,7 +169,7 @@ def run_tokenize(options: TokenizeOptions) -> int:
                     result.audio,
                     result.segments,
                     title=Path(result.file).name,
-                    codebook_size=info.codebook_size,
+                    codebook_size=info.codebook_size,  # only with a model loaded
                     token_rate=info.token_rate,
                 )
     return EXIT_FILES_FAILED if failed else EXIT_OK
@@ -161,10 +178,17 @@ def run_tokenize(options: TokenizeOptions) -> int:
 # -- transcribe --------------------------------------------------------------------------------
 
 TRANSCRIBE_EPILOG = """\
-output: for each FILE a line "# FILE", then one line per segment:
-  [MM:SS.mmm --> MM:SS.mmm] text
+output formats (--transcript-format, or --format), in the order of the FILEs:
+  text   for each FILE a line "# FILE", then one line per segment:
+           [MM:SS.mmm --> MM:SS.mmm] text
+  jsonl  one JSON object per FILE: {"file", "sample_rate": 16000, "segments": [{"start",
+         "end", "tokens", "text"}], "model": {...}} (as tokenize's jsonl, with each
+         segment's text); a file that fails gives {"file", "error"}.
 The text is Whisper's decoder reading the tokens, i.e. what the tokens still carry.
+Failed files are reported on stderr and skipped (text) or given as an error object (jsonl);
+the exit status is then 1.
 """
+TRANSCRIBE_FORMATS = ("text", "jsonl")
 
 
 @dataclass(frozen=True)
@@ -175,6 +199,7 @@ class TranscribeOptions:
     language: str | None  # None: Whisper detects it
     prompt: str | None
     output: str | None  # None: stdout
+    format: str = "text"  # one of TRANSCRIBE_FORMATS
 
 
 def transcribe_options(args: argparse.Namespace) -> TranscribeOptions:
@@ -185,6 +210,7 @@ def transcribe_options(args: argparse.Namespace) -> TranscribeOptions:
         language=args.language,
         prompt=args.prompt,
         output=args.output,
+        format=args.format,
     )
 
 
@@ -192,8 +218,23 @@ def _transcribe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (any format)")
     add_model_arguments(parser)
     add_segment_arguments(parser)
-    parser.add_argument("--language", help="language code (default: Whisper detects it)")
-    parser.add_argument("--prompt", help="text prompt for Whisper's decoder")
+    parser.add_argument(
+        "--language", metavar="LANG", help="language code (default: Whisper detects it)"
+    )
+    parser.add_argument(
+        "--prompt", metavar="TEXT", help="text prompt for Whisper's decoder (default: none)"
+    )
+    # Not only --format: that is tokenize's output format (other choices), and one option
+    # name (so one ICHIGO_* variable) means one thing across commands; --format is the alias.
+    parser.add_argument(
+        "--transcript-format",
+        "--format",
+        dest="format",
+        choices=TRANSCRIBE_FORMATS,
+        default="text",
+        help="text: timestamped lines per file; jsonl: one JSON object per file (see below) "
+        "(default: text)",
+    )
     add_output_argument(parser)
 
 
@@ -212,14 +253,26 @@ def _run_transcribe(args: argparse.Namespace) -> int:
 
 
 def run_transcribe(options: TranscribeOptions) -> int:
-    from .model import TextOptions  # imports torch: only when transcribing
-
-    text_options = TextOptions(language=options.language, prompt=options.prompt)
+    require_model_extra("transcribe")
     with open_output(options.output) as out:
-        tokenizer, _ = load_model(options.load, text=True)
+        unreadable = none_readable(options.files)
+        if unreadable is not None:  # nothing to transcribe: no model loaded
+            model: dict[str, Any] = {}
+            results: Iterable[FileResult] = unreadable
+        else:
+            from .model import TextOptions  # imports torch: only when transcribing
+
+            text_options = TextOptions(language=options.language, prompt=options.prompt)
+            tokenizer, info = load_model(options.load, text=True)
+            model = info.to_dict()
+            results = tokenized(options.files, tokenizer, options.batch, text_options=text_options)
         failed = False
-        results = tokenized(options.files, tokenizer, options.batch, text_options=text_options)
         for result in results:
+            if options.format == "jsonl":
+                failed |= report(result)
+                out.write(_jsonl_line(result, model, text=True) + "\n")
+                out.flush()
+                continue
             if report(result):
                 failed = True
                 continue
@@ -255,10 +308,16 @@ class RandomModelOptions:
     seed: int
 
 
+def default_whisper_out(out: str) -> Path:
+    """Where make-random-model writes Whisper without --whisper-out: OUT-whisper.pt beside OUT."""
+    path = Path(out)
+    return path.with_name(f"{path.stem}-whisper.pt")
+
+
 def random_model_options(args: argparse.Namespace) -> RandomModelOptions:
     return RandomModelOptions(
         out=Path(args.out),
-        whisper_out=Path(args.whisper_out),
+        whisper_out=Path(args.whisper_out) if args.whisper_out else default_whisper_out(args.out),
         width=args.width,
         codes=args.codes,
         layers=args.layers,
@@ -269,18 +328,30 @@ def random_model_options(args: argparse.Namespace) -> RandomModelOptions:
 
 
 def _random_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out", metavar="OUT.pth", help="quantizer checkpoint to write")
+    parser.add_argument("out", metavar="OUT", help="quantizer checkpoint to write (.pth)")
     parser.add_argument(
-        "--whisper-out", required=True, metavar="OUT.pt", help="Whisper checkpoint to write"
+        "--whisper-out",
+        metavar="PATH",
+        help="Whisper checkpoint to write (default: OUT's name with -whisper.pt, next to it)",
     )
     parser.add_argument(
-        "--width", type=positive_int, help="encoder width, a multiple of 64 (default 1024)"
+        "--width",
+        type=positive_int,
+        metavar="N",
+        help="encoder width, a multiple of 64 (default: 1024, or the --full model's)",
     )
     parser.add_argument(
-        "--codes", type=positive_int, default=2561, help="codebook size incl. mask (default 2561)"
+        "--codes",
+        type=positive_int,
+        default=2561,
+        metavar="N",
+        help="codebook size incl. mask (default: 2561)",
     )
     parser.add_argument(
-        "--layers", type=positive_int, help="Whisper encoder layers (default 2; fewer is faster)"
+        "--layers",
+        type=positive_int,
+        metavar="N",
+        help="Whisper encoder layers (default: 2, or the --full model's; fewer is faster)",
     )
     # Not --format: that is tokenize's output format, and one option name (so one
     # ICHIGO_* variable) means one thing across commands; --format stays as an alias.
@@ -289,15 +360,15 @@ def _random_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--format",
         choices=CHECKPOINT_FORMATS,
         default="ichigo",
-        help="quantizer file format (default ichigo)",
+        help="quantizer file format (default: ichigo)",
     )
     parser.add_argument(
         "--full",
         metavar="NAME",
         help="full-size Whisper with the dims of a released model: tiny, base, small, medium, "
-        "large-v3",
+        "large-v3 (default: none, a small Whisper of --width and --layers)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default: 0)")
 
 
 def _run_make_random_model(args: argparse.Namespace) -> int:
@@ -305,6 +376,7 @@ def _run_make_random_model(args: argparse.Namespace) -> int:
 
 
 def run_make_random_model(options: RandomModelOptions) -> int:
+    require_model_extra("make-random-model")
     from .checkpoint import dims_for, write_random_checkpoint
     from .whisper_weights import RELEASED_WHISPER_DIMS, random_whisper_dims, write_random_whisper
 

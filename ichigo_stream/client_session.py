@@ -21,6 +21,7 @@ import random
 from dataclasses import dataclass, field, replace
 from ssl import SSLContext
 from typing import Final, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from .client_events import (
     Connected,
@@ -33,7 +34,7 @@ from .client_events import (
 from .constants import SAMPLE_RATE
 from .errors import AuthenticationError, ClientError, ConnectionLost, RemoteError
 from .messages import Done, ErrorMessage, Partial, Ready, Segment, ServerMessage, SpeechStart
-from .protocol import StartOptions
+from .protocol import STREAM_PATH, StartOptions
 from .resend_buffer import ResendBuffer
 
 DEFAULT_URL = "ws://127.0.0.1:8765/v1/stream"
@@ -231,7 +232,10 @@ class ClientSession:
                 AuthenticationError("unauthorized", f"HTTP {status} from {url}: check the token")
             )
         if status not in RETRY_STATUSES:
-            return self._fail(ClientError(f"{url}: the server answered HTTP {status}"))
+            message = f"{url}: the server answered HTTP {status}"
+            if 200 <= status < 300 or status == 404:  # a page, or no stream at this path
+                message += f", not a WebSocket stream; {stream_url_hint(url)}"
+            return self._fail(ClientError(message))
         return self._attempt_failed(reason, now)
 
     def connect_failed(self, reason: str, now: float) -> list[ConnectionEvent]:
@@ -400,3 +404,22 @@ class ClientSession:
 
 def _renumbered(event: SpeechStart | Partial | Segment | ErrorMessage, index: int) -> ServerMessage:
     return event if event.segment == index else replace(event, segment=index)
+
+
+def stream_url(url: str) -> str:
+    """The stream URL a mistyped one most likely meant: ws(s)://HOST:PORT/v1/stream.
+
+    http -> ws, https -> wss, no scheme -> ws; the path becomes STREAM_PATH; a query (a
+    token) is kept.
+    """
+    parts = urlsplit(url if "://" in url else f"ws://{url}")
+    scheme = {"http": "ws", "https": "wss", "wss": "wss"}.get(parts.scheme.lower(), "ws")
+    return urlunsplit((scheme, parts.netloc, STREAM_PATH, parts.query, ""))
+
+
+def stream_url_hint(url: str) -> str:
+    """The sentence that shows the right stream URL (for a wrong one's error message)."""
+    right = stream_url(url)
+    if right == url:
+        return f"is an ichigo-stream server listening there? its stream is at {right}"
+    return f"the stream is at {right}"

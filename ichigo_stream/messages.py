@@ -35,6 +35,7 @@ from .protocol import (
     StartOptions,
     parse_start,
 )
+from .segmentation import VadOptions
 from .tokens import TokenFormat, format_tokens, to_ichigo, to_ichigo_rle
 
 # A float field whose metadata holds this key is written as JSON null when it equals the
@@ -98,8 +99,13 @@ class Audio:
 ClientMessage = Start | Flush | Stop | Audio
 
 
-def parse_client_message(data: str | bytes) -> ClientMessage:
-    """One WebSocket message from a client -> a typed message, or ProtocolError."""
+def parse_client_message(
+    data: str | bytes, *, vad_defaults: VadOptions | None = None
+) -> ClientMessage:
+    """One WebSocket message from a client -> a typed message, or ProtocolError.
+
+    vad_defaults: the server's VAD settings where a start leaves them out (parse_start).
+    """
     if isinstance(data, bytes | bytearray | memoryview):
         return Audio(bytes(data))
     try:
@@ -115,7 +121,7 @@ def parse_client_message(data: str | bytes) -> ClientMessage:
         )
     kind = obj["type"]
     if kind == Start.type:
-        return Start(parse_start(obj))
+        return Start(parse_start(obj, vad_defaults))
     if kind == Flush.type:
         return Flush()
     if kind == Stop.type:

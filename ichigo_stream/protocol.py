@@ -7,7 +7,7 @@ machine is in session.py; docs/protocol.md is the specification for client write
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from .constants import SAMPLE_RATE, WINDOW_SECONDS
@@ -91,12 +91,12 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
-def _vad_options(raw: Any) -> VadOptions:
+def _vad_options(raw: Any, defaults: VadOptions) -> VadOptions:
+    """start.vad over the server's defaults: a field left out (or no vad at all) takes its."""
     if raw is None:
-        return VadOptions()
+        return defaults
     if not isinstance(raw, dict):
         raise ProtocolError("bad_message", "start.vad must be an object")
-    defaults = VadOptions()
     values: dict[str, Any] = {}
     for key in VAD_INT_FIELDS:
         if key in raw:
@@ -114,13 +114,17 @@ def _vad_options(raw: Any) -> VadOptions:
             )
         values["max_segment_s"] = max_s
     try:
-        return VadOptions(**values)
+        return replace(defaults, **values)
     except SegmentationError as e:
         raise ProtocolError("unsupported", f"start.vad: {e}") from None
 
 
-def parse_start(obj: dict[str, Any]) -> StartOptions:
-    """Validate a decoded `start` object; unknown fields are ignored (forward compatibility)."""
+def parse_start(obj: dict[str, Any], vad_defaults: VadOptions | None = None) -> StartOptions:
+    """Validate a decoded `start` object; unknown fields are ignored (forward compatibility).
+
+    vad_defaults: the server's VAD settings for a start without a vad object, and for the
+    fields its vad object leaves out (default: VadOptions()).
+    """
     rate = _typed(obj, "sample_rate", int, SAMPLE_RATE)
     if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
         raise ProtocolError(
@@ -158,7 +162,7 @@ def parse_start(obj: dict[str, Any]) -> StartOptions:
         text=_typed(obj, "text", bool, False),
         language=_typed(obj, "language", str, None),
         llm_format=llm_format,
-        vad=_vad_options(obj.get("vad")),
+        vad=_vad_options(obj.get("vad"), vad_defaults or VadOptions()),
         offset=float(offset),
     )
 

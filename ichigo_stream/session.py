@@ -42,6 +42,7 @@ from .segmentation import (
     SegmentClosed,
     SpeechStarted,
     VadEvent,
+    VadOptions,
     VadSegmenter,
 )
 from .stream_buffer import AudioBuffer
@@ -107,9 +108,17 @@ class ServerSession:
     """Protocol v1 for one connection: awaiting_start -> streaming -> stopping -> closed."""
 
     def __init__(
-        self, session_id: str, model: ModelInfo, capabilities: Capabilities, now: float
+        self,
+        session_id: str,
+        model: ModelInfo,
+        capabilities: Capabilities,
+        now: float,
+        *,
+        vad_defaults: VadOptions | None = None,
     ) -> None:
         self.id = session_id
+        # The server's VAD settings where the client's start leaves them out (serve's).
+        self.vad_defaults = vad_defaults
         self.model = model
         self.capabilities = capabilities  # sent in ready; also what this session enforces
         self.limits: SessionLimits = capabilities.limits
@@ -148,7 +157,7 @@ class ServerSession:
                     "too_large",
                     f"message of {size} bytes exceeds {self.limits.max_message_bytes}",
                 )
-            message = parse_client_message(data)
+            message = parse_client_message(data, vad_defaults=self.vad_defaults)
             if isinstance(message, Start):
                 return self._start(message.options)
             if self.state == "awaiting_start":

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -31,6 +30,7 @@ from ichigo_stream.protocol import STREAM_PATH
 from ichigo_stream.session import Action, Cancel, Close, Job, JobResult, Send, ServerSession, Submit
 
 from .config import ServerConfig
+from .listener import Listener, tls_context
 from .metrics import ServerMetrics
 from .worker import ModelWorker
 
@@ -41,6 +41,8 @@ CONTENT_TYPES = {
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css",
 }
+PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 FORCE_CLOSE_S = 1.0  # on a forced exit, how long a client may take to answer the close frame
 
 
@@ -71,19 +73,24 @@ class StreamServer:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Listen; an address that cannot be bound is an IchigoStreamError, not a traceback."""
+    async def start(self, listener: Listener | None = None) -> None:
+        """Listen (on the listener's socket, bound before the model loaded, if given); an
+        address that cannot be bound is an IchigoStreamError, not a traceback."""
         self._loop = asyncio.get_running_loop()
         limit = self.config.limits.max_message_bytes
+        where = (
+            {"sock": listener.sock}
+            if listener is not None
+            else {"host": self.config.host, "port": self.config.port}
+        )
         try:
             self._server = await serve(
                 self._handle,
-                self.config.host,
-                self.config.port,
+                **where,
                 process_request=self._http,
                 # Our own size check answers with an error message first; this is the hard stop.
                 max_size=4 * limit + 1024,
-                ssl=self._ssl_context(),
+                ssl=listener.tls if listener is not None else tls_context(self.config),
                 compression=None,  # PCM does not compress; deflate would only cost CPU
             )
         except OSError as e:
@@ -97,13 +104,6 @@ class StreamServer:
     def port(self) -> int:
         assert self._server is not None
         return self._server.sockets[0].getsockname()[1]
-
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        if not self.config.certfile:
-            return None
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.config.certfile, self.config.keyfile)
-        return context
 
     async def drain(self) -> None:
         """Stop accepting, finish every open segment, send done, close; all within the timeout.
@@ -182,8 +182,12 @@ class StreamServer:
                 200 if healthy else 503, "ok\n" if healthy else "unavailable\n"
             )
         if url.path == "/metrics":
+            # OpenMetrics for a scraper that asks for it; Prometheus text 0.0.4 otherwise.
+            openmetrics = "application/openmetrics-text" in request.headers.get("Accept", "")
             return _response(
-                200, self._render_metrics(), "text/plain; version=0.0.4; charset=utf-8"
+                200,
+                self._render_metrics(openmetrics=openmetrics),
+                OPENMETRICS_TYPE if openmetrics else PROMETHEUS_TYPE,
             )
         page = STATIC / ("index.html" if url.path == "/" else url.path.lstrip("/"))
         if (
@@ -203,24 +207,17 @@ class StreamServer:
         # Constant-time comparison: the token must not leak through response timing.
         return any(hmac.compare_digest(c.encode(), expected) for c in candidates)
 
-    def _render_metrics(self) -> str:
+    def _render_metrics(self, *, openmetrics: bool = False) -> str:
         stats = self.worker.stats_snapshot()
-        gauges = {
-            "ichigo_sessions": ("Open WebSocket sessions.", len(self.connections)),
-            "ichigo_queue_depth": ("Jobs waiting for the model worker.", self.worker.queue_depth),
-            "ichigo_worker_healthy": (
-                "1 while the model worker answers.",
-                int(self.worker.healthy()),
-            ),
-        }
-        counters = {
-            "ichigo_partials_shed_total": ("Partial jobs dropped under load.", stats.partials_shed),
-            "ichigo_model_jobs_failed_total": ("Model jobs that raised.", stats.jobs_failed),
-        }
-        histograms = {
-            "ichigo_batch_size": ("Clips per encoder batch.", stats.batch_size),
-        }
-        return self.metrics.render(gauges, counters, histograms)
+        return self.metrics.render_server(
+            open_sessions=len(self.connections),
+            queue_depth=self.worker.queue_depth,
+            worker_healthy=self.worker.healthy(),
+            partials_shed=stats.partials_shed,
+            jobs_failed=stats.jobs_failed,
+            batch_size=stats.batch_size,
+            openmetrics=openmetrics,
+        )
 
     # -- WebSocket sessions ----------------------------------------------------------------
 
@@ -228,7 +225,9 @@ class StreamServer:
         assert self._loop is not None
         now = self._loop.time()
         capabilities = Capabilities(text=self.config.text, limits=self.config.limits)
-        session = ServerSession(uuid.uuid4().hex[:16], self.info, capabilities, now)
+        session = ServerSession(
+            uuid.uuid4().hex[:16], self.info, capabilities, now, vad_defaults=self.config.vad
+        )
         origin = ws.request.headers.get("Origin") if ws.request else None
         # The allowlist guards against other web pages driving a visitor's browser here;
         # browsers always send Origin, and non-browser clients (ours included) send none.
@@ -358,16 +357,23 @@ def _response(status: int, body: str, content_type: str) -> Response:
 
 @contextlib.asynccontextmanager
 async def running_server(
-    config: ServerConfig, tokenizer: IchigoTokenizer, info: ModelInfo
+    config: ServerConfig,
+    tokenizer: IchigoTokenizer,
+    info: ModelInfo,
+    listener: Listener | None = None,
 ) -> AsyncIterator[StreamServer]:
     """A warmed-up, started server that drains on exit (run_server, tests, embedding).
+
+    listener: a socket bound (and TLS loaded) beforehand, as run_server does before loading
+    the model; None binds config.host:config.port here.
 
     Warm-up is model work: it runs in a worker thread, so the event loop (other servers'
     sessions in an embedding process, the signal handlers) never waits for it.
     """
     server = StreamServer(config, tokenizer, info)
+    log.info("warming up the model")
     await asyncio.to_thread(server.worker.warm_up, text=config.text)
-    await server.start()
+    await server.start(listener)
     try:
         yield server
     finally:

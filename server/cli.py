@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ichigo_stream.cli_common import Command
+from ichigo_stream.cli_common import Command, require_model_extra
 
 from .config import add_serve_arguments, config_from_args
+from .listener import Listener
 
 SERVE_EPILOG = """\
 endpoints on the same port:
@@ -33,10 +34,18 @@ ICHIGO_ALLOW_ORIGIN="https://a.example https://b.example".
 
 def _run_serve(args: argparse.Namespace) -> int:
     config = config_from_args(args)  # every configuration error before anything loads
-    from .lifecycle import run_server  # imports torch: only when serving
+    require_model_extra("serve")
+    # The port and the TLS files before anything slow (importing torch, loading the model).
+    listener = Listener(config)
+    try:
+        from .lifecycle import run_server  # imports torch: only when serving
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return run_server(config)
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+        )
+        return run_server(config, listener)
+    finally:
+        listener.close()
 
 
 SERVE_COMMAND = Command(

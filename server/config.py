@@ -12,10 +12,16 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ichigo_stream.cli_common import add_device_arguments
+from ichigo_stream.cli_common import (
+    add_model_arguments,
+    add_vad_arguments,
+    load_options,
+    vad_options,
+)
 from ichigo_stream.config import environment_value
 from ichigo_stream.errors import IchigoStreamError
-from ichigo_stream.options import DEFAULT_MODEL, LoadOptions
+from ichigo_stream.options import LoadOptions
+from ichigo_stream.segmentation import VadOptions
 from ichigo_stream.session import SessionLimits
 
 
@@ -36,6 +42,8 @@ class ServerConfig:
     limits: SessionLimits = field(default_factory=SessionLimits)
     drain_timeout_s: float = 30.0
     ready_file: str | None = None  # where to announce readiness (docs/protocol.md)
+    # VAD settings of a session whose start has no vad object (and of the fields it omits).
+    vad: VadOptions = field(default_factory=VadOptions)
 
 
 def _number(
@@ -68,37 +76,56 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     count = _number(int, 1)
     positive = _number(float, 0, open_low=True)
-    add("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    add("--port", type=_number(int, 0, 65535), default=8765, help="default 8765; 0: any free port")
-    add("--model", default=DEFAULT_MODEL, help="quantizer: HF REPO:FILE or a path")
-    add("--whisper", help="Whisper name or .pt (default: from the model)")
-    add_device_arguments(parser)
+    add(
+        "--host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address to listen on; 0.0.0.0 for every interface (default: 127.0.0.1)",
+    )
+    add(
+        "--port",
+        type=_number(int, 0, 65535),
+        default=8765,
+        metavar="PORT",
+        help="port to listen on; 0: any free port (default: 8765)",
+    )
+    add_model_arguments(parser)  # --model, --whisper, --device, --dtype: as every command
     add("--text", action="store_true", help="load Whisper's decoder for text")
     add(
         "--max-batch",
         type=count,
-        help="clips per encoder batch (default 1 on CPU, where batching costs more per clip, "
+        metavar="N",
+        help="clips per encoder batch (default: 1 on CPU, where batching costs more per clip, "
         "32 on CUDA)",
     )
     add(
         "--threads",
         type=count,
+        metavar="N",
         help="CPU threads for the model (default: torch's; leave a core to the event loop)",
     )
     add(
         "--max-wait-ms",
         type=_number(float, 0),
         default=2.0,
-        help="how long a batch waits for more clips to join it (default 2)",
+        metavar="MS",
+        help="how long a batch waits for more clips to join it (default: 2)",
     )
-    add("--max-sessions", type=count, default=256, help="default 256")
+    add(
+        "--max-sessions",
+        type=count,
+        default=256,
+        metavar="N",
+        help="open sessions at most; more are refused with 1013 (default: 256)",
+    )
     # Not --token: ICHIGO_TOKEN is the clients' credential (send/mic --token), and a server
     # must not pick up a client's setting as its secret. --token stays as an alias.
     add(
         "--auth-token",
         "--token",
         metavar="SECRET",
-        help="require this bearer token (header or ?token=); env ICHIGO_AUTH_TOKEN",
+        help="require this bearer token (header or ?token=); env ICHIGO_AUTH_TOKEN "
+        "(default: none, every client is accepted)",
     )
     add(
         "--allow-origin",
@@ -106,39 +133,77 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=(),
         metavar="ORIGIN",
         help="accept browser connections only from these origins (clients sending no Origin "
-        "header, i.e. non-browser clients, are not affected)",
+        "header, i.e. non-browser clients, are not affected) (default: any origin)",
     )
-    add("--certfile", help="TLS certificate (serve wss://)")
-    add("--keyfile", help="TLS private key")
+    add(
+        "--certfile",
+        metavar="PATH",
+        help="TLS certificate, with --keyfile: serve wss:// and https:// (default: plain ws://)",
+    )
+    add("--keyfile", metavar="PATH", help="TLS private key (default: none)")
     add(
         "--max-realtime",
         type=positive,
         default=10.0,
-        help="refuse audio arriving faster than this many times real time (default 10)",
+        metavar="X",
+        help="refuse audio arriving faster than X times real time; inf: no limit (default: 10)",
     )
     add(
         "--realtime-burst-s",
         type=positive,
         default=30.0,
-        help="audio a session may send at any speed before --max-realtime applies (default 30)",
+        metavar="S",
+        help="audio a session may send at any speed before --max-realtime applies (default: 30)",
     )
     add(
         "--max-pending-segments",
         type=count,
         default=32,
+        metavar="N",
         help="segments of one session waiting for the model before it is refused (1013) "
-        "(default 32)",
+        "(default: 32)",
     )
-    add("--max-message-kb", type=count, default=1024, help="default 1024")
-    add("--max-session-s", type=positive, default=14400.0, help="default 14400")
-    add("--idle-timeout-s", type=positive, default=60.0, help="default 60")
+    add(
+        "--max-message-kb",
+        type=count,
+        default=1024,
+        metavar="KB",
+        help="largest WebSocket message a client may send, KiB (default: 1024)",
+    )
+    add(
+        "--max-session-s",
+        type=positive,
+        default=14400.0,
+        metavar="S",
+        help="longest session, seconds of audio; inf: no limit (default: 14400)",
+    )
+    add(
+        "--idle-timeout-s",
+        type=positive,
+        default=60.0,
+        metavar="S",
+        help="close a session that sends nothing for this long (default: 60)",
+    )
     drain = _number(float, 0, 86_400)  # finite: the worker thread is joined with what is left
-    add("--drain-timeout-s", type=drain, default=30.0, help="default 30")
+    add(
+        "--drain-timeout-s",
+        type=drain,
+        default=30.0,
+        metavar="S",
+        help="on SIGTERM/SIGINT, how long open sessions get to finish (default: 30)",
+    )
     add(
         "--ready-file",
         metavar="PATH",
         help="once listening and warmed up, write the ready JSON object here (atomically); "
-        "removed on exit",
+        "removed on exit (default: none)",
+    )
+    add_vad_arguments(
+        parser.add_argument_group(
+            "VAD defaults",
+            "for sessions whose start message has no vad object, and for the fields a vad "
+            "object leaves out (docs/protocol.md)",
+        )
     )
 
 
@@ -157,9 +222,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         host=args.host,
         port=args.port,
-        load=LoadOptions(
-            model=args.model, whisper=args.whisper, device=args.device, dtype=args.dtype
-        ),
+        load=load_options(args),
         text=args.text,
         max_batch=args.max_batch,
         threads=args.threads,
@@ -179,4 +242,5 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         ),
         drain_timeout_s=args.drain_timeout_s,
         ready_file=args.ready_file,
+        vad=vad_options(args),
     )

@@ -15,13 +15,14 @@ import sys
 
 import torch
 
-from ichigo_stream.cli_common import EXIT_OK
+from ichigo_stream.cli_common import EXIT_OK, PROG
 from ichigo_stream.loading import ModelInfo, load_tokenizer
 from ichigo_stream.model import IchigoTokenizer
 from ichigo_stream.server_process import ServerReady
 
 from .app import running_server
 from .config import ServerConfig
+from .listener import Listener
 from .worker import ModelWorker
 
 log = logging.getLogger("ichigo_stream.server")
@@ -49,12 +50,12 @@ class _Signals:
 
 
 async def _serve_until_signalled(
-    config: ServerConfig, tokenizer: IchigoTokenizer, info: ModelInfo
+    config: ServerConfig, tokenizer: IchigoTokenizer, info: ModelInfo, listener: Listener
 ) -> tuple[int, ModelWorker]:
     """Serve until a signal, drain; the exit status (see run_server) and the worker."""
     signals = _Signals()
     signals.install(asyncio.get_running_loop())
-    async with running_server(config, tokenizer, info) as server:
+    async with running_server(config, tokenizer, info, listener) as server:
         ready = ServerReady.at(config.host, server.port, tls=bool(config.certfile), pid=os.getpid())
         try:
             _announce(ready, config.ready_file)
@@ -81,11 +82,16 @@ async def _serve_until_signalled(
 
 def _announce(ready: ServerReady, ready_file: str | None) -> None:
     """Readiness, machine-readable (docs/protocol.md, "Server readiness"): the ready file and
-    one JSON line on stdout; the human line goes to the log (stderr)."""
+    one JSON line on stdout; for people, the log line and the page's URL on stderr."""
     log.info("serving %s (page %s)", ready.url, ready.page_url)
     if ready_file:
         ready.write(ready_file)
     print(ready.event_line(), flush=True)
+    print(
+        f"{PROG} serve: ready: open {ready.page_url} in a browser; stream to {ready.url}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def configure_torch(config: ServerConfig) -> None:
@@ -94,16 +100,27 @@ def configure_torch(config: ServerConfig) -> None:
         torch.set_num_threads(config.threads)
 
 
-def run_server(config: ServerConfig) -> int:
-    """load -> warm up -> serve -> drain on SIGTERM/SIGINT; returns the exit status.
+def run_server(config: ServerConfig, listener: Listener | None = None) -> int:
+    """bind -> load -> warm up -> serve -> drain on SIGTERM/SIGINT; returns the exit status.
 
-    0 after a drain; 128 + the signal's number (130 for SIGINT, 143 for SIGTERM) when a
-    second signal cut the drain short, the shell's status for a process ended by a signal.
+    The address is bound and TLS loaded first (the listener; serve makes it before even
+    importing torch), so a taken port fails before the slow load. 0 after a drain;
+    128 + the signal's number (130 for SIGINT, 143 for SIGTERM) when a second signal cut the
+    drain short, the shell's status for a process ended by a signal.
     """
-    configure_torch(config)
-    log.info("loading %s", config.load.model)
-    tokenizer, info = load_tokenizer(config.load, text=config.text)
-    status, worker = asyncio.run(_serve_until_signalled(config, tokenizer, info))
+    listener = listener if listener is not None else Listener(config)
+    try:
+        configure_torch(config)
+        log.info(
+            "loading %s (Whisper %s) on %s",
+            config.load.model,
+            config.load.whisper or "as the checkpoint names",
+            config.load.device,
+        )
+        tokenizer, info = load_tokenizer(config.load, text=config.text)
+        status, worker = asyncio.run(_serve_until_signalled(config, tokenizer, info, listener))
+    finally:
+        listener.close()
     if worker.alive:
         # The worker is still inside a model call (a forced exit, or a batch that outlived
         # the drain timeout). Tearing the interpreter down under a running torch thread

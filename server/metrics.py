@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter as _Tally
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from ichigo_stream.messages import ErrorMessage, Partial, Segment, ServerMessage
 
@@ -60,61 +61,119 @@ class ServerMetrics:
         elif isinstance(message, ErrorMessage):
             self.errors[message.code] += 1
 
+    def render_server(
+        self,
+        *,
+        open_sessions: int,
+        queue_depth: int,
+        worker_healthy: bool,
+        partials_shed: int,
+        jobs_failed: int,
+        batch_size: Histogram,
+        openmetrics: bool = False,
+    ) -> str:
+        """The whole /metrics page: these values (the connections' and the worker's), then ours."""
+        gauges = {
+            "ichigo_sessions_open": ("Open WebSocket sessions.", open_sessions),
+            "ichigo_queue_depth": ("Jobs waiting for the model worker.", queue_depth),
+            "ichigo_worker_healthy": ("1 while the model worker answers.", int(worker_healthy)),
+        }
+        counters = {
+            "ichigo_partials_shed_total": ("Partial jobs dropped under load.", partials_shed),
+            "ichigo_model_jobs_failed_total": ("Model jobs that raised.", jobs_failed),
+        }
+        histograms = {"ichigo_batch_size": ("Clips per encoder batch.", batch_size)}
+        return self.render(gauges, counters, histograms, openmetrics=openmetrics)
+
     def render(
         self,
         gauges: dict[str, tuple[str, float]],
         counters: dict[str, tuple[str, float]],
         histograms: dict[str, tuple[str, Histogram]],
+        *,
+        openmetrics: bool = False,
     ) -> str:
-        """The exposition; gauges, counters and histograms kept elsewhere (the worker's) first."""
+        """The exposition; gauges, counters and histograms kept elsewhere (the worker's) first.
+
+        Prometheus text 0.0.4 by default; OpenMetrics 1.0 (counter families named without
+        `_total`, a closing `# EOF`) with openmetrics=True. Counter names are given with their
+        `_total` sample suffix. No two families share a name in either format: a counter
+        `X_total` is family X, so no gauge may be called X (families() checks it).
+        """
         lines: list[str] = []
-
-        def metric(name: str, kind: str, help_text: str, body: Callable[[], list[str]]) -> None:
-            lines.extend([f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *body()])
-
-        for name, (help_text, value) in gauges.items():
-            metric(name, "gauge", help_text, lambda value=value, name=name: [f"{name} {value:g}"])
-        for name, (help_text, value) in counters.items():
-            metric(name, "counter", help_text, lambda value=value, name=name: [f"{name} {value:g}"])
-        for name, (help_text, histogram) in histograms.items():
-            metric(name, "histogram", help_text, lambda h=histogram, name=name: h.lines(name))
-        metric(
-            "ichigo_sessions_total",
-            "counter",
-            "WebSocket sessions accepted.",
-            lambda: [f"ichigo_sessions_total {self.sessions_total}"],
-        )
-        metric(
-            "ichigo_audio_seconds_total",
-            "counter",
-            "Seconds of audio received (16 kHz timeline).",
-            lambda: [f"ichigo_audio_seconds_total {self.audio_seconds_in:g}"],
-        )
-        metric(
-            "ichigo_segments_total",
-            "counter",
-            "Segment messages sent.",
-            lambda: [f"ichigo_segments_total {self.segments_out}"],
-        )
-        metric(
-            "ichigo_partials_total",
-            "counter",
-            "Partial messages sent.",
-            lambda: [f"ichigo_partials_total {self.partials_out}"],
-        )
-        metric(
-            "ichigo_errors_total",
-            "counter",
-            "Error messages sent, by code.",
-            lambda: [
-                f'ichigo_errors_total{{code="{code}"}} {n}'
-                for code, n in sorted(self.errors.items())
-            ],
-        )
-        metric(
-            "ichigo_endpoint_latency_ms",
-            "histogram",
-            "Endpoint decision to segment message, ms.",
-            lambda: self.endpoint_latency_ms.lines("ichigo_endpoint_latency_ms"),
-        )
+        for family in self.families(gauges, counters, histograms):
+            name = family.name if openmetrics or family.kind != "counter" else family.sample
+            lines += [f"# HELP {name} {family.help}", f"# TYPE {name} {family.kind}"]
+            lines += family.lines
+        if openmetrics:
+            lines.append("# EOF")
         return "\n".join(lines) + "\n"
+
+    def families(
+        self,
+        gauges: dict[str, tuple[str, float]],
+        counters: dict[str, tuple[str, float]],
+        histograms: dict[str, tuple[str, Histogram]],
+    ) -> list[Family]:
+        """Every metric family, in exposition order; a family name used twice is a bug."""
+        out: list[Family] = []
+        for name, (help_text, value) in gauges.items():
+            out.append(Family(name, "gauge", help_text, [f"{name} {value:g}"]))
+        own_counters = {
+            **counters,
+            "ichigo_sessions_total": ("WebSocket sessions accepted.", self.sessions_total),
+            "ichigo_audio_seconds_total": (
+                "Seconds of audio received (16 kHz timeline).",
+                self.audio_seconds_in,
+            ),
+            "ichigo_segments_total": ("Segment messages sent.", self.segments_out),
+            "ichigo_partials_total": ("Partial messages sent.", self.partials_out),
+        }
+        for name, (help_text, value) in own_counters.items():
+            out.append(Family(_counter_family(name), "counter", help_text, [f"{name} {value:g}"]))
+        out.append(
+            Family(
+                "ichigo_errors",
+                "counter",
+                "Error messages sent, by code.",
+                [
+                    f'ichigo_errors_total{{code="{code}"}} {n}'
+                    for code, n in sorted(self.errors.items())
+                ],
+            )
+        )
+        all_histograms = {
+            **histograms,
+            "ichigo_endpoint_latency_ms": (
+                "Endpoint decision to segment message, ms.",
+                self.endpoint_latency_ms,
+            ),
+        }
+        for name, (help_text, histogram) in all_histograms.items():
+            out.append(Family(name, "histogram", help_text, histogram.lines(name)))
+        names = [f.name for f in out]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"metric families collide: {', '.join(duplicates)}")
+        return out
+
+
+def _counter_family(sample: str) -> str:
+    if not sample.endswith("_total"):
+        raise ValueError(f"counter {sample!r} must end in _total")
+    return sample.removesuffix("_total")
+
+
+@dataclass(frozen=True)
+class Family:
+    """One metric family: its name (a counter's without `_total`), type, help and samples."""
+
+    name: str
+    kind: str  # gauge, counter or histogram
+    help: str
+    lines: list[str]
+
+    @property
+    def sample(self) -> str:
+        """The name Prometheus text 0.0.4 declares: a counter's with its `_total`."""
+        return f"{self.name}_total" if self.kind == "counter" else self.name

@@ -10,8 +10,9 @@ from models import ModelFiles
 
 
 def test_demo_streams_the_bundled_sample_through_a_real_server(
-    tiny_model_files: ModelFiles,
+    tiny_model_files: ModelFiles, tmp_path
 ) -> None:
+    log = tmp_path / "server.log"
     proc = subprocess.run(
         [
             sys.executable,
@@ -25,6 +26,8 @@ def test_demo_streams_the_bundled_sample_through_a_real_server(
             "--speed",
             "8",
             "--no-text",
+            "--server-log",
+            str(log),
         ],
         capture_output=True,
         text=True,
@@ -38,8 +41,11 @@ def test_demo_streams_the_bundled_sample_through_a_real_server(
     assert "<|sound_start|>" in proc.stdout  # each segment's LLM text follows it
     assert "done: 3 segment(s)" in proc.stdout
     assert '"event":"ready"' not in proc.stdout  # the server's ready line is not the demo's
-    # The server it started drained on SIGTERM and said so.
-    assert "draining" in proc.stderr
+    # The server's log went to its file, not between the demo's lines; the server it started
+    # drained on SIGTERM and said so there.
+    assert "draining" in log.read_text()
+    assert "ichigo_stream.server INFO" not in proc.stderr
+    assert str(log) in proc.stderr
 
 
 def test_demo_reports_a_server_that_cannot_start(tmp_path) -> None:
@@ -52,4 +58,5 @@ def test_demo_reports_a_server_that_cannot_start(tmp_path) -> None:
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr or "no such file" in proc.stderr
     assert "the server did not start" in proc.stderr
+    assert "server| " in proc.stderr  # the tail of its log, marked as the server's
     assert "Traceback" not in proc.stderr
