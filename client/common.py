@@ -7,13 +7,14 @@ rule (ichigo_stream.config) while parsing; nothing here reads the environment.
 from __future__ import annotations
 
 import argparse
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from ichigo_stream.cli_common import add_vad_arguments, vad_options
-from ichigo_stream.client import DEFAULT_URL
+from ichigo_stream.client import DEFAULT_URL, ClientOptions, ReconnectPolicy
 from ichigo_stream.client_session import stream_url
 from ichigo_stream.errors import IchigoStreamError
-from ichigo_stream.protocol import LLM_FORMATS
+from ichigo_stream.protocol import LLM_FORMATS, StartOptions
 from ichigo_stream.segmentation import VadOptions
 
 
@@ -94,3 +95,48 @@ def server_url(args: argparse.Namespace) -> str:
     """The URL given as an argument, else --url (from the command line, ICHIGO_URL or default),
     checked by check_stream_url."""
     return check_stream_url(args.url_argument or args.url)
+
+
+class SessionRequest(Protocol):
+    """The fields send's and mic's options share: where to connect, what start asks for."""
+
+    url: str
+    token: str | None
+    insecure: bool
+    text: bool
+    language: str | None
+    llm_format: str | None
+    partials: bool
+    reconnect: bool
+    vad: VadOptions
+
+
+def connection_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed SessionRequest fields but partials (send and mic spell that flag apart)."""
+    return {
+        "url": server_url(args),
+        "token": args.token or None,
+        "insecure": args.insecure,
+        "text": args.text,
+        "language": args.language,
+        "llm_format": args.llm_format,
+        "vad": session_vad(args),
+        "reconnect": not args.no_reconnect,
+    }
+
+
+def client_options(request: SessionRequest, policy: ReconnectPolicy) -> ClientOptions:
+    """The library client's options for a command's request; `policy` unless --no-reconnect."""
+    return ClientOptions(
+        url=request.url,
+        token=request.token,
+        ssl=False if request.insecure else None,
+        start=StartOptions(
+            partials=request.partials,
+            text=request.text,
+            language=request.language,
+            llm_format=request.llm_format,
+            vad=request.vad,
+        ),
+        reconnect=policy if request.reconnect else None,
+    )

@@ -43,7 +43,6 @@ from ichigo_stream.client import (
     ReconnectPolicy,
     Segment,
     SpeechStart,
-    StartOptions,
     StreamClient,
     StreamEvent,
     event_record,
@@ -54,7 +53,11 @@ from ichigo_stream.segmentation import VadOptions
 from ichigo_stream.terminal import printable
 
 from .capture import DEFAULT_BUFFER_S, MicCapture
-from .common import add_connection_arguments, server_url, session_vad
+from .common import (
+    add_connection_arguments,
+    client_options,
+    connection_fields,
+)
 from .devices import (
     DeviceError,
     InputDevice,
@@ -124,25 +127,12 @@ class MicOptions:
     vad: VadOptions = field(default_factory=VadOptions)  # the session's, sent in start
 
     def client_options(self) -> ClientOptions:
-        return ClientOptions(
-            url=self.url,
-            token=self.token,
-            ssl=False if self.insecure else None,
-            start=StartOptions(
-                partials=self.partials,
-                text=self.text,
-                language=self.language,
-                llm_format=self.llm_format,
-                vad=self.vad,
-            ),
-            # A live source cannot pause: retry quickly and for as long as the buffer lasts,
-            # but fail at once if the server is not there to begin with (a typo in the URL).
-            reconnect=ReconnectPolicy(
-                max_delay_s=2.0, max_attempts=None, max_total_s=max(60.0, self.buffer_s)
-            )
-            if self.reconnect
-            else None,
+        # A live source cannot pause: retry quickly and for as long as the buffer lasts, but
+        # fail at once if the server is not there to begin with (a typo in the URL).
+        policy = ReconnectPolicy(
+            max_delay_s=2.0, max_attempts=None, max_total_s=max(60.0, self.buffer_s)
         )
+        return client_options(self, policy)
 
 
 def _positive(text: str) -> float:
@@ -191,24 +181,14 @@ def add_mic_arguments(parser: argparse.ArgumentParser) -> None:
 
 def mic_options(args: argparse.Namespace) -> MicOptions:
     return MicOptions(
-        url=server_url(args),
-        token=args.token or None,
-        insecure=args.insecure,
+        **connection_fields(args),
         device=args.input_device,
-        text=args.text,
-        language=args.language,
-        llm_format=args.llm_format,
-        vad=session_vad(args),
         partials=not args.no_partials,
         save=args.save,
-        reconnect=not args.no_reconnect,
         buffer_s=args.buffer_s,
         stop_timeout_s=args.stop_timeout_s,
         plain=args.plain,
     )
-
-
-# -- devices --------------------------------------------------------------------------------------
 
 
 # -- the app --------------------------------------------------------------------------------------

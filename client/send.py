@@ -30,7 +30,6 @@ from ichigo_stream.client import (
     Reconnecting,
     ReconnectPolicy,
     Segment,
-    StartOptions,
     event_record,
     stream,
 )
@@ -38,7 +37,12 @@ from ichigo_stream.constants import SAMPLE_RATE
 from ichigo_stream.segmentation import VadOptions
 from ichigo_stream.terminal import printable
 
-from .common import add_connection_arguments, server_url, session_vad, speed_arg
+from .common import (
+    add_connection_arguments,
+    client_options,
+    connection_fields,
+    speed_arg,
+)
 from .terminal_view import reconnecting_line
 
 CHUNK_S = 0.1  # paced chunks: what a live source would send
@@ -77,33 +81,14 @@ class SendOptions:
     vad: VadOptions = field(default_factory=VadOptions)  # the session's, sent in start
 
     def client_options(self) -> ClientOptions:
-        return ClientOptions(
-            url=self.url,
-            token=self.token,
-            ssl=False if self.insecure else None,
-            start=StartOptions(
-                partials=self.partials,
-                text=self.text,
-                language=self.language,
-                llm_format=self.llm_format,
-                vad=self.vad,
-            ),
-            reconnect=ReconnectPolicy() if self.reconnect else None,
-        )
+        return client_options(self, ReconnectPolicy())
 
 
 def send_options(args: argparse.Namespace) -> SendOptions:
     return SendOptions(
         file=args.file,
-        url=server_url(args),
-        token=args.token or None,
-        insecure=args.insecure,
-        text=args.text,
-        language=args.language,
-        llm_format=args.llm_format,
-        vad=session_vad(args),
+        **connection_fields(args),
         partials=args.partials,
-        reconnect=not args.no_reconnect,
         speed=args.speed,
         output=args.output,
     )
