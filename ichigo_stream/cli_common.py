@@ -339,7 +339,7 @@ def load_model(options: LoadOptions, *, text: bool = False) -> tuple[IchigoToken
     started = time.monotonic()
     from .loading import load_tokenizer
 
-    tokenizer, info = load_tokenizer(options, text=text)
+    tokenizer, info = load_tokenizer(options, text=text, progress=progress_line)
     progress_line(
         f"model loaded in {time.monotonic() - started:.1f} s: {info.name} "
         f"({info.codebook_size} codes), Whisper {info.whisper}"

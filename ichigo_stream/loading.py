@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,13 +137,25 @@ def _check_device(device: str, dtype: str) -> torch.dtype:
 
 
 def load_tokenizer(
-    options: LoadOptions = LoadOptions(), *, text: bool = False
+    options: LoadOptions = LoadOptions(),
+    *,
+    text: bool = False,
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[IchigoTokenizer, ModelInfo]:
-    """Load the quantizer and Whisper's encoder (and its decoder only when text is wanted)."""
+    """Load the quantizer and Whisper's encoder (and its decoder only when text is wanted).
+
+    `progress` gets one line per step (which file, its size): loading can take minutes, and
+    a command line or a server log shows where it is.
+    """
+    step = progress or (lambda _: None)
     dtype = _check_device(options.device, options.dtype)
     located = locate(options)
     model_path, checkpoint = located.model_path, located.checkpoint
     whisper_ref = located.whisper_ref
+    step(f"quantizer {model_path} ({_size(model_path)}) read")
+    step(
+        f"reading Whisper {whisper_ref} from {located.whisper_path} ({_size(located.whisper_path)})"
+    )
     whisper_dims, whisper_state = read_whisper(located.whisper_path)
     if whisper_dims.n_audio_state != checkpoint.dims.width:
         raise ModelLoadError(
@@ -155,10 +168,12 @@ def load_tokenizer(
             f"Whisper {whisper_ref!r} has {whisper_dims.n_audio_ctx} audio positions; the "
             f"tokenizer's 30 s windows need Whisper's {ENCODER_POSITIONS}"
         )
+    step(f"building the encoder on {options.device} ({options.dtype})")
     encoder = build_encoder(whisper_dims, whisper_state)
     tokenizer = IchigoTokenizer(encoder, build_head(checkpoint), whisper_dims.n_mels)
     tokenizer.to_runtime(options.device, dtype)
     if text:
+        step("building Whisper's decoder (text)")
         text_model = build_text_model(whisper_dims, whisper_state, tokenizer.encoder)
         decoder_dtype = torch.float16 if dtype == torch.float16 else torch.float32
         text_model.decoder.to(options.device, decoder_dtype)
@@ -173,3 +188,7 @@ def load_tokenizer(
         whisper=Path(whisper_ref).stem if os.path.isfile(whisper_ref) else whisper_ref,
     )
     return tokenizer, info
+
+
+def _size(path: Path) -> str:
+    return f"{path.stat().st_size / 1e6:,.1f} MB"

@@ -117,7 +117,7 @@ def run_server(config: ServerConfig, listener: Listener | None = None) -> int:
             config.load.whisper or "as the checkpoint names",
             config.load.device,
         )
-        tokenizer, info = load_tokenizer(config.load, text=config.text)
+        tokenizer, info = load_tokenizer(config.load, text=config.text, progress=log.info)
         status, worker = asyncio.run(_serve_until_signalled(config, tokenizer, info, listener))
     finally:
         listener.close()

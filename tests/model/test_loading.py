@@ -434,3 +434,19 @@ def test_whisper_with_other_audio_positions_is_refused(
         model=str(tiny_model_files.quantizer),
         whisper=str(odd),
     )
+
+
+def test_loading_reports_each_step_with_the_files_and_their_sizes(
+    tiny_model_files: ModelFiles,
+) -> None:
+    files = tiny_model_files
+    steps: list[str] = []
+    options = LoadOptions(model=str(files.quantizer), whisper=str(files.whisper))
+    load_tokenizer(options, text=True, progress=steps.append)
+    assert [s.split()[0] for s in steps] == ["quantizer", "reading", "building", "building"]
+    assert str(files.quantizer) in steps[0] and " MB)" in steps[0]
+    assert str(files.whisper) in steps[1] and " MB)" in steps[1]
+    assert "decoder" in steps[3]
+    steps.clear()
+    load_tokenizer(options, progress=steps.append)  # no decoder step without text
+    assert len(steps) == 3
