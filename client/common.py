@@ -29,6 +29,17 @@ def speed_arg(text: str) -> float:
     return value
 
 
+def add_speed_argument(parser: argparse.ArgumentParser) -> None:
+    """--speed, as send and demo pace a file."""
+    parser.add_argument(
+        "--speed",
+        type=speed_arg,
+        default=1.0,
+        metavar="X",
+        help="pace at X times real time; 0 or inf: as fast as allowed (default: 1)",
+    )
+
+
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     """URL, auth, TLS, reconnect, what to ask the server for, and the session's VAD."""
     # The URL is an option, so ICHIGO_URL follows the one rule; the positional URL stays as

@@ -30,7 +30,7 @@ from ichigo_stream.cli_common import (
 from ichigo_stream.errors import IchigoStreamError
 from ichigo_stream.server_process import ServerProcess
 
-from .common import speed_arg
+from .common import add_speed_argument
 from .send import SendOptions, send_file
 
 SAMPLE = sample_path()
@@ -72,13 +72,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
         help="Whisper name or .pt, as serve --whisper (default: the one the checkpoint names)",
     )
     add_device_arguments(parser, device=None, dtype=None)
-    add(
-        "--speed",
-        type=speed_arg,
-        default=1.0,
-        metavar="X",
-        help="pace at X times real time; 0 or inf: as fast as allowed (default: 1)",
-    )
+    add_speed_argument(parser)
     add("--no-text", action="store_true", help="tokens only: skip loading Whisper's decoder")
     add(
         "--server-log",

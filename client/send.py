@@ -39,9 +39,9 @@ from ichigo_stream.terminal import printable
 
 from .common import (
     add_connection_arguments,
+    add_speed_argument,
     client_options,
     connection_fields,
-    speed_arg,
 )
 from .terminal_view import reconnecting_line
 
@@ -98,13 +98,7 @@ def add_send_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("file", metavar="FILE", help="audio file (anything ffmpeg decodes)")
     add_connection_arguments(parser)
-    add(
-        "--speed",
-        type=speed_arg,
-        default=1.0,
-        metavar="X",
-        help="pace at X times real time; 0 or inf: as fast as allowed (default: 1)",
-    )
+    add_speed_argument(parser)
     add("--partials", action="store_true", help="ask for partial results (written to -o only)")
     add(
         "-o",

@@ -7,14 +7,13 @@ server's stream decoder does.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from es_modules import run_with_node
 from system_tools import require_tool
 
 from ichigo_stream.audio import PcmStreamDecoder, downmix, silence_non_finite, to_pcm16
@@ -23,7 +22,6 @@ from ichigo_stream.errors import AudioError
 from ichigo_stream_client.capture import MicCapture
 from ichigo_stream_client.devices import InputDevice
 
-WORKLET_JS = Path(__file__).resolve().parents[2] / "server" / "static" / "capture-worklet.js"
 NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
@@ -111,19 +109,7 @@ def node() -> str:
 
 
 def run_node(node: str, tmp_path: Path, driver: str, data: dict[str, Any]) -> dict[str, Any]:
-    # An .mjs copy: node reads a .js file outside a "type": "module" package as CommonJS.
-    (tmp_path / "worklet.mjs").write_text(WORKLET_JS.read_text())
-    (tmp_path / "driver.mjs").write_text(driver)
-    proc = subprocess.run(
-        [node, "driver.mjs"],
-        input=json.dumps(data),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    return run_with_node(node, tmp_path, {"worklet.mjs": "capture-worklet.js"}, driver, data)
 
 
 def _python_pcm16(value: float) -> int | None:

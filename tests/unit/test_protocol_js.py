@@ -12,12 +12,12 @@ import copy
 import dataclasses
 import json
 import math
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import pytest
+from es_modules import run_with_node
 from system_tools import require_tool
 
 from ichigo_stream.errors import ClientError, ProtocolError
@@ -33,7 +33,6 @@ from ichigo_stream.messages import (
 from ichigo_stream.protocol import VAD_FIELDS, StartOptions
 from ichigo_stream.segmentation import VadOptions
 
-PROTOCOL_JS = Path(__file__).resolve().parents[2] / "server" / "static" / "protocol.js"
 KINDS = {int: "integer", float: "number", str: "string", bool: "boolean"}
 WRONG = {  # values of another JSON type than each kind (1.5: JavaScript sees 1.0 as an integer)
     "integer": ["1", 1.5, True],
@@ -202,19 +201,8 @@ def node() -> str:
 
 
 def run_node(node: str, tmp_path: Path, server: list[str], starts: list[Any]) -> dict[str, Any]:
-    # An .mjs copy: node reads a .js file outside a "type": "module" package as CommonJS.
-    (tmp_path / "protocol.mjs").write_text(PROTOCOL_JS.read_text())
-    (tmp_path / "driver.mjs").write_text(DRIVER)
-    proc = subprocess.run(
-        [node, "driver.mjs"],
-        input=json.dumps({"server": server, "starts": starts}),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    data = {"server": server, "starts": starts}
+    return run_with_node(node, tmp_path, {"protocol.mjs": "protocol.js"}, DRIVER, data)
 
 
 # -- the tests --------------------------------------------------------------------------------
