@@ -37,9 +37,13 @@ def offline_env() -> dict[str, str]:
     return env
 
 
-def run(command: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
-    """`command` in `cwd`, offline, with the clone's sibling folder `cache` as its cache."""
-    env = offline_env(cwd.parent / "cache")
+def run(
+    command: list[str], cwd: Path, timeout: float, cache: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`command` in `cwd`, offline; with `cache` as the user's cache folder if given."""
+    env = offline_env()
+    if cache is not None:
+        env["XDG_CACHE_HOME"] = str(cache)
     return subprocess.run(
         command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -83,8 +87,8 @@ def test_the_main_job_command_sets_up_a_venv_in_a_clean_clone_and_runs_the_demo(
     assert "installing" not in again.stderr
     assert time.monotonic() - started < 60
 
-    # The documented offline path: built-in random weights, written into this test's cache.
-    # (--model random writes its files into the cache folder: this test's, not the user's)
+    # The documented offline path: built-in random weights, which --model random writes into
+    # the user's cache folder (here the test's, not ~/.cache).
     demo_args = ["bash", "scripts/demo", "--model", "random", "--speed", "0"]
     demo = run(demo_args, checkout, 600, cache=tmp_path / "cache")
     assert demo.returncode == 0, demo.stderr
