@@ -77,11 +77,6 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def session_vad(args: argparse.Namespace) -> VadOptions:
-    """The VAD options the start message carries (checked here: a usage error, not a close)."""
-    return vad_options(args)
-
-
 def check_stream_url(url: str) -> str:
     """The URL, if it can be a stream URL; else an error that shows the right one.
 
@@ -131,7 +126,8 @@ def connection_fields(args: argparse.Namespace) -> dict[str, Any]:
         "text": args.text,
         "language": args.language,
         "llm_format": args.llm_format,
-        "vad": session_vad(args),
+        # checked while parsing: a bad value is a usage error, not a close from the server
+        "vad": vad_options(args),
         "reconnect": not args.no_reconnect,
     }
 
