@@ -210,6 +210,9 @@ class Partial(_ServerMessage):
     start: float
     end: float
     tokens: tuple[int, ...]
+    # With "text": true: the segment's caption so far, which only ever grows (a later
+    # partial's text, and the segment's final text, start with it).
+    text: str | None = None
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from .errors import AudioError, CloseCode, ProtocolError
 from .messages import (
     Audio,
     Capabilities,
+    ClientMessage,
     Done,
     ErrorMessage,
     Flush,
@@ -73,9 +74,15 @@ class JobResult:
     error: str | None = None
 
 
+class WireMessage(Protocol):
+    """What a Send carries: a v1 message, or an event of another protocol an adapter speaks."""
+
+    def to_json(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class Send:
-    message: ServerMessage
+    message: ServerMessage | WireMessage
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,23 @@ class _Final:
     job: Job
     closed_at: float | None = None  # when the endpoint was decided; None while speculative
     result: JobResult | None = None
+
+
+class SessionMachine(Protocol):
+    """What the I/O layer drives for one WebSocket connection, whatever protocol it speaks:
+    ServerSession (v1) and the adapters for other protocols over it."""
+
+    id: str
+
+    def receive(self, data: str | bytes, now: float) -> list[Action]: ...
+    def job_done(self, job: Job, result: JobResult, now: float) -> list[Action]: ...
+    def check_timeouts(self, now: float) -> list[Action]: ...
+    def shutdown(self, now: float) -> list[Action]: ...
+    def fail(self, error: ProtocolError) -> list[Action]: ...
+    def connection_lost(self, now: float) -> list[Action]: ...
+
+    @property
+    def audio_seconds(self) -> float: ...
 
 
 class ServerSession:
@@ -158,6 +182,17 @@ class ServerSession:
                     f"message of {size} bytes exceeds {self.limits.max_message_bytes}",
                 )
             message = parse_client_message(data, vad_defaults=self.vad_defaults)
+        except ProtocolError as e:
+            return self.fail(e)
+        return self.handle(message, now)
+
+    def handle(self, message: ClientMessage, now: float) -> list[Action]:
+        """One parsed client message: the typed entry point that receive() feeds, and that
+        the adapters of other protocols (OpenAI Realtime, Deepgram) drive directly."""
+        if self.state == "closed" or self._draining:
+            return []
+        self.last_message_at = now
+        try:
             if isinstance(message, Start):
                 return self._start(message.options)
             if self.state == "awaiting_start":

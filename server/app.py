@@ -13,6 +13,7 @@ import hmac
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -27,7 +28,18 @@ from ichigo_stream.messages import Capabilities
 from ichigo_stream.model import IchigoTokenizer
 from ichigo_stream.pipeline import default_batch_size
 from ichigo_stream.protocol import STREAM_PATH
-from ichigo_stream.session import Action, Cancel, Close, Job, JobResult, Send, ServerSession, Submit
+from ichigo_stream.segmentation import VadOptions
+from ichigo_stream.session import (
+    Action,
+    Cancel,
+    Close,
+    Job,
+    JobResult,
+    Send,
+    ServerSession,
+    SessionMachine,
+    Submit,
+)
 
 from .config import ServerConfig
 from .listener import Listener, tls_context
@@ -46,8 +58,34 @@ OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 FORCE_CLOSE_S = 1.0  # on a forced exit, how long a client may take to answer the close frame
 
 
+@dataclass(frozen=True)
+class SessionContext:
+    """What an endpoint needs to make the session of a new connection."""
+
+    session_id: str
+    model: ModelInfo
+    capabilities: Capabilities
+    now: float
+    vad_defaults: VadOptions
+    query: str  # the request's query string: some protocols carry their options there
+
+
+# An endpoint: the session machine speaking its protocol for one new connection.
+EndpointFactory = Callable[[SessionContext], SessionMachine]
+
+
+def _v1_session(context: SessionContext) -> SessionMachine:
+    return ServerSession(
+        context.session_id,
+        context.model,
+        context.capabilities,
+        context.now,
+        vad_defaults=context.vad_defaults,
+    )
+
+
 class _Connection:
-    def __init__(self, ws: ServerConnection, session: ServerSession) -> None:
+    def __init__(self, ws: ServerConnection, session: SessionMachine) -> None:
         self.ws = ws
         self.session = session
         self.outbox: asyncio.Queue[Send | Close] = asyncio.Queue()
@@ -66,6 +104,8 @@ class StreamServer:
             max_wait_s=config.max_wait_ms / 1000,
         )
         self.connections: dict[str, _Connection] = {}
+        # WebSocket endpoints by path, all with the same auth, limits, VAD and worker.
+        self.endpoints: dict[str, EndpointFactory] = {STREAM_PATH: _v1_session}
         self._server: Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -168,7 +208,7 @@ class StreamServer:
 
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
-        if url.path == STREAM_PATH:
+        if url.path in self.endpoints:
             if self.config.token and not self._authorized(request, url.query):
                 response = connection.respond(
                     401, "unauthorized: a valid bearer token is required\n"
@@ -225,9 +265,11 @@ class StreamServer:
         assert self._loop is not None
         now = self._loop.time()
         capabilities = Capabilities(text=self.config.text, limits=self.config.limits)
-        session = ServerSession(
-            uuid.uuid4().hex[:16], self.info, capabilities, now, vad_defaults=self.config.vad
+        url = urlsplit(ws.request.path if ws.request else STREAM_PATH)
+        context = SessionContext(
+            uuid.uuid4().hex[:16], self.info, capabilities, now, self.config.vad, url.query
         )
+        session = self.endpoints[url.path](context)
         origin = ws.request.headers.get("Origin") if ws.request else None
         # The allowlist guards against other web pages driving a visitor's browser here;
         # browsers always send Origin, and non-browser clients (ours included) send none.
@@ -337,7 +379,7 @@ class StreamServer:
                 self._act(conn, conn.session.check_timeouts, now)
 
     async def _refuse(
-        self, ws: ServerConnection, session: ServerSession, error: ProtocolError
+        self, ws: ServerConnection, session: SessionMachine, error: ProtocolError
     ) -> None:
         """Turn a connection away with an error and a close, counted like any error sent."""
         with contextlib.suppress(ConnectionClosed):

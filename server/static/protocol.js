@@ -80,6 +80,7 @@ export const SERVER_MESSAGES = Object.freeze({
     start: number,
     end: number,
     tokens: arrayOf("integer"),
+    text: optional(string),
   }),
   segment: Object.freeze({
     segment: integer,
