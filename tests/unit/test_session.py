@@ -260,6 +260,8 @@ def test_ready_announces_the_capabilities_the_session_enforces(text: bool) -> No
         "max_session_s": 14400.0,
         "idle_timeout_s": 7.0,
         "max_pending_segments": 32,
+        "max_windows_per_s": 3.0,
+        "windows_burst": 30.0,
     }
     # ... and they are the ones it applies: text as announced, the announced message size
     asks_text = Driver(limits=limits, text_available=text)
