@@ -189,10 +189,12 @@ async def serve_command(files: ModelFiles, log: Path, *args: str) -> AsyncIterat
 # max_segment_s of continuous speech, within every per-session limit.
 SESSIONS = 16
 SEGMENT_S = 4.0
-HELD_MB = 64
-# The documented bound (README, "Memory"): RSS at rest + the held-audio budget + per session
-# the open segment and its socket's buffers + one batch; PER_SESSION_MB covers the latter two.
+HELD_MB = 32  # 16 sessions of ~29 waiting segments would hold ~90 MiB: the budget binds
+# The documented bound (README, "Memory"): RSS at rest + 1.25 x the held-audio budget (the
+# allocator's slack around it) + 4 MiB a session (its open segment, socket buffers) + 2 MiB
+# a clip of the batch in the model. Without the budget this run takes ~126 MiB: over it.
 PER_SESSION_MB = 4
+PER_BATCH_CLIP_MB = 2
 
 
 @pytest.mark.timeout(120)
@@ -227,7 +229,7 @@ def test_rss_with_16_sessions_holding_the_most_work_stays_under_the_bound(
             return at_rest, peak, outcomes, metrics
 
     at_rest, peak, outcomes, metrics = asyncio.run(main())
-    bound = at_rest + 1024 * (HELD_MB + SESSIONS * PER_SESSION_MB)
+    bound = at_rest + 1024 * (1.25 * HELD_MB + SESSIONS * PER_SESSION_MB + PER_BATCH_CLIP_MB)
     codes = sorted(e["code"] for o in outcomes for e in o.errors)
     print(
         f"RSS at rest {at_rest / 1024:.0f} MiB, peak {peak / 1024:.0f} MiB "
@@ -237,7 +239,6 @@ def test_rss_with_16_sessions_holding_the_most_work_stays_under_the_bound(
     # The budget was what held it: sessions were refused (1013) for holding the most.
     assert "limit" in codes, codes
     assert all(o.close_code in (None, 1013) for o in outcomes), [o.close_code for o in outcomes]
-    print("\n".join(l for l in metrics.splitlines() if "held" in l or "evicted" in l or "errors_total" in l))
     evicted = next(line for line in metrics.splitlines() if line.startswith("ichigo_sessions_ev"))
     assert int(evicted.split()[1]) >= 1, evicted
 
