@@ -51,6 +51,7 @@ class _Connection:
         self.ws = ws
         self.session = session
         self.outbox: asyncio.Queue[Send | Close] = asyncio.Queue()
+        self.closing = False  # a Close is queued: the session's work is over
         self.audio_seconds = 0.0
 
 
@@ -305,15 +306,19 @@ class StreamServer:
     def _perform(self, conn: _Connection, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Submit):
-                if conn.session.state != "closed":  # evicted below while acting: drop the rest
+                if not conn.closing:  # evicted below while acting: drop the rest
                     self._evict(self.worker.submit(action.job))
             elif isinstance(action, Cancel):
                 self.worker.cancel(action.job)
             else:
                 if isinstance(action, Send):
                     self.metrics.observe_message(action.message)
-                elif conn.session.over_window_budget:  # its Close: counted once
-                    self.metrics.window_budget_rejections += 1
+                else:
+                    conn.closing = True
+                    # Its Close, counted once. getattr: a session machine of another protocol
+                    # may have no window budget of its own.
+                    if getattr(conn.session, "over_window_budget", False):
+                        self.metrics.window_budget_rejections += 1
                 conn.outbox.put_nowait(action)
 
     def _evict(self, sessions: list[str]) -> None:
