@@ -150,6 +150,10 @@ class SessionLimits:
     max_session_s: float = _no_limit_as_null(4 * 3600.0)
     idle_timeout_s: float = _no_limit_as_null(60.0)
     max_pending_segments: int = 32  # closed segments waiting for the model
+    # Encoder windows (one per final job, whatever its length) a session may cost per second
+    # of its audio, after a burst of this many: see "Cost" in docs/protocol.md.
+    max_windows_per_s: float = _no_limit_as_null(3.0)
+    windows_burst: float = _no_limit_as_null(30.0)
 
 
 @dataclass(frozen=True)

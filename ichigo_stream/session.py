@@ -162,6 +162,8 @@ class ServerSession:
         self._open_index = 0  # index of the open (or next) segment
         self._next_partial_at = 0
         self._draining = False  # stopped by shutdown(), not by the client
+        self.windows_used = 0  # encoder windows of the final jobs submitted (see _charge_window)
+        self.over_window_budget = False  # failed with too_fast for its windows (for metrics)
 
     # -- input ---------------------------------------------------------------------------
 
@@ -378,9 +380,32 @@ class ServerSession:
         return actions + self._send_ready_finals(now)
 
     def _job(self, segment: int, kind: Literal["final", "partial"], start: int, end: int) -> Job:
+        if kind == "final":
+            self._charge_window()
         audio = self._buffer.slice(start, end)
         text = kind == "final" and self.options.text
         return Job(self.id, segment, kind, start, end, audio, text, self.options.language)
+
+    def _charge_window(self) -> None:
+        """Count one encoder window for a final job; too_fast once over the window budget.
+
+        Every final costs a full 30 s window whatever its length (the encoder pads), so
+        tiny segments (a tiny max_segment_s, flush after flush) cost far more per second of
+        audio than speech does. Speculative finals count too: they run whether or not their
+        endpoint holds. Partials do not: they yield to every final and are shed under load.
+        """
+        self.windows_used += 1
+        rate, burst = self.limits.max_windows_per_s, self.limits.windows_burst
+        if math.isinf(rate) or math.isinf(burst):
+            return
+        allowed = burst + rate * self.audio_seconds
+        if self.windows_used > allowed:
+            self.over_window_budget = True
+            raise ProtocolError(
+                "too_fast",
+                f"segments cost more than {rate:g} encoder windows per second of audio "
+                "(each segment costs one 30 s window): make them longer",
+            )
 
     @property
     def _partial_interval(self) -> int:

@@ -89,6 +89,7 @@ class _Connection:
         self.ws = ws
         self.session = session
         self.outbox: asyncio.Queue[Send | Close] = asyncio.Queue()
+        self.closing = False  # a Close is queued: the session's work is over
         self.audio_seconds = 0.0
 
 
@@ -102,6 +103,7 @@ class StreamServer:
             self._result_from_worker,
             max_batch=config.max_batch or default_batch_size(tokenizer.device.type),
             max_wait_s=config.max_wait_ms / 1000,
+            held_budget_bytes=config.max_held_audio_bytes,
         )
         self.connections: dict[str, _Connection] = {}
         # WebSocket endpoints by path, all with the same auth, limits, VAD and worker.
@@ -256,6 +258,9 @@ class StreamServer:
             partials_shed=stats.partials_shed,
             jobs_failed=stats.jobs_failed,
             batch_size=stats.batch_size,
+            held_bytes=stats.held_bytes,
+            held_budget_bytes=self.config.max_held_audio_bytes,
+            sessions_evicted=stats.sessions_evicted,
             openmetrics=openmetrics,
         )
 
@@ -286,12 +291,22 @@ class StreamServer:
             error = ProtocolError(
                 "limit", "server shutting down: try again later", CloseCode.TRY_AGAIN_LATER
             )
+            self.metrics.refusals["draining"] += 1
             await self._refuse(ws, session, error)
             return
         if len(self.connections) >= self.config.max_sessions:
             error = ProtocolError(
                 "limit", "server full: try again later", CloseCode.TRY_AGAIN_LATER
             )
+            self.metrics.refusals["sessions"] += 1
+            await self._refuse(ws, session, error)
+            return
+        if not self.worker.admits_sessions:
+            # Waiting audio fills most of --max-held-audio-mb: keep the rest for the open ones.
+            error = ProtocolError(
+                "limit", "server busy: try again later", CloseCode.TRY_AGAIN_LATER
+            )
+            self.metrics.refusals["memory"] += 1
             await self._refuse(ws, session, error)
             return
         conn = _Connection(ws, session)
@@ -333,13 +348,33 @@ class StreamServer:
     def _perform(self, conn: _Connection, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Submit):
-                self.worker.submit(action.job)
+                if not conn.closing:  # evicted below while acting: drop the rest
+                    self._evict(self.worker.submit(action.job))
             elif isinstance(action, Cancel):
                 self.worker.cancel(action.job)
             else:
                 if isinstance(action, Send):
                     self.metrics.observe_message(action.message)
+                else:
+                    conn.closing = True
+                    # Its Close, counted once. getattr: a session machine of another protocol
+                    # may have no window budget of its own.
+                    if getattr(conn.session, "over_window_budget", False):
+                        self.metrics.window_budget_rejections += 1
                 conn.outbox.put_nowait(action)
+
+    def _evict(self, sessions: list[str]) -> None:
+        """Fail the sessions whose waiting work the worker dropped to stay within the held-audio
+        budget (the ones holding most): 1013, so that their clients retry later."""
+        for session_id in sessions:
+            conn = self.connections.get(session_id)
+            if conn is not None:
+                error = ProtocolError(
+                    "limit",
+                    "the server is overloaded: this session holds the most waiting audio",
+                    CloseCode.TRY_AGAIN_LATER,
+                )
+                self._act(conn, conn.session.fail, error)
 
     async def _write(self, conn: _Connection) -> None:
         """Send the session's messages in order; a Close ends the connection."""

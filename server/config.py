@@ -24,6 +24,8 @@ from ichigo_stream.options import LoadOptions
 from ichigo_stream.segmentation import VadOptions
 from ichigo_stream.session import SessionLimits
 
+MIB = 1 << 20
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -44,6 +46,8 @@ class ServerConfig:
     ready_file: str | None = None  # where to announce readiness (docs/protocol.md)
     # VAD settings of a session whose start has no vad object (and of the fields it omits).
     vad: VadOptions = field(default_factory=VadOptions)
+    # Audio held by jobs waiting for the model, all sessions together (serve --max-held-audio-mb).
+    max_held_audio_bytes: float = 512 * MIB
 
 
 def _number(
@@ -184,6 +188,31 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="close a session that sends nothing for this long (default: 60)",
     )
+    add(
+        "--max-windows-per-s",
+        type=positive,
+        default=3.0,
+        metavar="W",
+        help="encoder windows (one per segment, whatever its length) a session may cost per "
+        "second of its audio before it is refused (too_fast); inf: no limit (default: 3)",
+    )
+    add(
+        "--windows-burst",
+        type=positive,
+        default=30.0,
+        metavar="W",
+        help="windows a session may cost at any rate before --max-windows-per-s applies "
+        "(default: 30)",
+    )
+    add(
+        "--max-held-audio-mb",
+        type=positive,
+        default=512.0,
+        metavar="MB",
+        help="audio of segments waiting for the model, all sessions together, MiB: above half "
+        "of it partials are shed, above 3/4 new sessions are refused, above it the session "
+        "holding most is refused (1013); inf: no limit (default: 512)",
+    )
     drain = _number(float, 0, 86_400)  # finite: the worker thread is joined with what is left
     add(
         "--drain-timeout-s",
@@ -239,7 +268,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             max_pending_segments=args.max_pending_segments,
             max_session_s=args.max_session_s,
             idle_timeout_s=args.idle_timeout_s,
+            max_windows_per_s=args.max_windows_per_s,
+            windows_burst=args.windows_burst,
         ),
+        max_held_audio_bytes=args.max_held_audio_mb * MIB,
         drain_timeout_s=args.drain_timeout_s,
         ready_file=args.ready_file,
         vad=vad_options(args),

@@ -49,6 +49,8 @@ class ServerMetrics:
         self.segments_out = 0
         self.partials_out = 0
         self.errors = _Tally[str]()
+        self.refusals = _Tally[str]()  # sessions turned away at connection time, by reason
+        self.window_budget_rejections = 0  # sessions closed for costing too many windows
         self.endpoint_latency_ms = Histogram(LATENCY_BUCKETS_MS)
 
     def observe_message(self, message: ServerMessage) -> None:
@@ -70,6 +72,9 @@ class ServerMetrics:
         partials_shed: int,
         jobs_failed: int,
         batch_size: Histogram,
+        held_bytes: float = 0,
+        held_budget_bytes: float = float("inf"),
+        sessions_evicted: int = 0,
         openmetrics: bool = False,
     ) -> str:
         """The whole /metrics page: these values (the connections' and the worker's), then ours."""
@@ -77,10 +82,19 @@ class ServerMetrics:
             "ichigo_sessions_open": ("Open WebSocket sessions.", open_sessions),
             "ichigo_queue_depth": ("Jobs waiting for the model worker.", queue_depth),
             "ichigo_worker_healthy": ("1 while the model worker answers.", int(worker_healthy)),
+            "ichigo_held_audio_bytes": ("Audio held by jobs waiting for the model.", held_bytes),
+            "ichigo_held_audio_budget_bytes": (
+                "--max-held-audio-mb in bytes (+Inf: no limit).",
+                held_budget_bytes,
+            ),
         }
         counters = {
             "ichigo_partials_shed_total": ("Partial jobs dropped under load.", partials_shed),
             "ichigo_model_jobs_failed_total": ("Model jobs that raised.", jobs_failed),
+            "ichigo_sessions_evicted_total": (
+                "Sessions refused (1013) for holding the most audio over the budget.",
+                sessions_evicted,
+            ),
         }
         histograms = {"ichigo_batch_size": ("Clips per encoder batch.", batch_size)}
         return self.render(gauges, counters, histograms, openmetrics=openmetrics)
@@ -128,6 +142,10 @@ class ServerMetrics:
             ),
             "ichigo_segments_total": ("Segment messages sent.", self.segments_out),
             "ichigo_partials_total": ("Partial messages sent.", self.partials_out),
+            "ichigo_window_budget_rejections_total": (
+                "Sessions refused (too_fast) for costing too many encoder windows.",
+                self.window_budget_rejections,
+            ),
         }
         for name, (help_text, value) in own_counters.items():
             out.append(Family(_counter_family(name), "counter", help_text, [f"{name} {value:g}"]))
@@ -139,6 +157,17 @@ class ServerMetrics:
                 [
                     f'ichigo_errors_total{{code="{code}"}} {n}'
                     for code, n in sorted(self.errors.items())
+                ],
+            )
+        )
+        out.append(
+            Family(
+                "ichigo_refusals",
+                "counter",
+                "Connections refused at opening, by reason (sessions, memory, draining).",
+                [
+                    f'ichigo_refusals_total{{reason="{reason}"}} {n}'
+                    for reason, n in sorted(self.refusals.items())
                 ],
             )
         )

@@ -1,11 +1,14 @@
 """The model worker: one thread owns the tokenizer and serves every session through a queue.
 
 Jobs come from the event loop (submit/cancel, thread-safe and non-blocking); results go back
-through a callback the caller makes loop-safe (call_soon_threadsafe). Scheduling:
-- finals before partials; a newer partial of a session replaces its queued older one;
+through a callback the caller makes loop-safe (call_soon_threadsafe). Scheduling (the waiting
+jobs' policy is server.scheduler.WorkQueue):
+- finals before partials, round-robin across sessions; a newer partial of a session
+  replaces its queued older one;
 - a batch of up to max_batch clips, waiting at most max_wait_s for it to fill;
 - partials are shed first: they never share a batch with finals, run only when no final
   waits, in batches of at most max_batch // 4, and stale or superseded ones are dropped;
+- the audio of waiting jobs is held within a byte budget (see WorkQueue);
 - text decoding runs one segment at a time between token batches, so no session's tokens
   wait behind more than one decode;
 - a batch that raises is retried job by job, so a failing job fails alone.
@@ -16,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -27,6 +30,7 @@ from ichigo_stream.pipeline import clip_tokens, token_texts
 from ichigo_stream.session import Job, JobResult
 
 from .metrics import BATCH_BUCKETS, Histogram
+from .scheduler import QueueOptions, WorkQueue
 
 log = logging.getLogger("ichigo_stream.worker")
 
@@ -46,6 +50,8 @@ class WorkerStats:
     jobs_failed: int = 0
     partials_shed: int = 0
     texts_decoded: int = 0
+    held_bytes: int = 0  # audio of waiting jobs
+    sessions_evicted: int = 0  # sessions dropped to keep within the held-audio budget
 
     @property
     def batches(self) -> int:
@@ -62,6 +68,7 @@ class ModelWorker:
         max_wait_s: float = 0.002,
         partial_max_age_s: float = 2.0,
         stall_timeout_s: float = 120.0,
+        held_budget_bytes: float = float("inf"),
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")  # else nothing runs
@@ -74,8 +81,10 @@ class ModelWorker:
         self.stall_timeout_s = stall_timeout_s
         self.stats = WorkerStats()
         self._cond = threading.Condition()
-        self._finals: deque[Job] = deque()
-        self._partials: OrderedDict[str, tuple[Job, float]] = OrderedDict()  # by session
+        self.held_budget_bytes = held_budget_bytes
+        self._queue = WorkQueue(
+            QueueOptions(max_batch, self.max_partial_batch, partial_max_age_s, held_budget_bytes)
+        )
         self._texts: deque[tuple[Job, list[int]]] = deque()
         self._stopping = False
         self._busy_since: float | None = None
@@ -105,31 +114,37 @@ class ModelWorker:
         with self._cond:
             return replace(self.stats, batch_size=self.stats.batch_size.copy())
 
-    def submit(self, job: Job) -> None:
+    def submit(self, job: Job) -> list[str]:
+        """Queue a job; returns the sessions whose waiting jobs were dropped to keep the held
+        audio within its budget: the caller must fail them (`limit`, 1013)."""
         with self._cond:
-            if job.kind == "final":
-                self._finals.append(job)
-            else:
-                if self._partials.pop(job.session, None) is not None:
-                    self.stats.partials_shed += 1  # superseded before it ran
-                self._partials[job.session] = (job, time.monotonic())
+            evicted = self._queue.add(job, time.monotonic())
+            self._count_queue()
             self._cond.notify()
+            return evicted
 
     def cancel(self, job: Job) -> None:
         """Drop a job that has not run; one that is running finishes and its result is ignored."""
         with self._cond:
-            if job.kind == "partial":
-                queued = self._partials.get(job.session)
-                if queued is not None and queued[0] is job:
-                    del self._partials[job.session]
-            elif job in self._finals:
-                self._finals.remove(job)
-            else:
+            if not self._queue.remove(job):
                 self._texts = deque(item for item in self._texts if item[0] is not job)
+            self._count_queue()
+
+    def _count_queue(self) -> None:
+        """Copy the queue's counts into the stats (under the lock)."""
+        self.stats.partials_shed = self._queue.partials_shed
+        self.stats.held_bytes = self._queue.held_bytes
+        self.stats.sessions_evicted = self._queue.sessions_evicted
+
+    @property
+    def admits_sessions(self) -> bool:
+        """False while waiting audio fills most of its budget: new sessions are refused."""
+        with self._cond:
+            return self._queue.admits_sessions
 
     @property
     def queue_depth(self) -> int:
-        return len(self._finals) + len(self._partials) + len(self._texts)
+        return len(self._queue) + len(self._texts)
 
     def healthy(self) -> bool:
         """Alive, and not stuck in one model call for longer than stall_timeout_s."""
@@ -152,37 +167,21 @@ class ModelWorker:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not (self._finals or self._partials or self._texts or self._stopping):
+                while not (self._queue or self._texts or self._stopping):
                     self._cond.wait()
                 if self._stopping:
                     return
-                if self._finals and len(self._finals) < self.max_batch and not self._texts:
+                finals = self._queue.final_count
+                if finals and finals < self.max_batch and not self._texts:
                     # Give concurrent endpoints a moment to share this batch.
                     self._cond.wait(self.max_wait_s)
-                batch = self._take_batch()
+                batch = self._queue.take_batch(time.monotonic())
+                self._count_queue()
                 text_job = self._texts.popleft() if self._texts else None
             if batch:
                 self._run_batch(batch)
             if text_job is not None:
                 self._run_text(*text_job)
-
-    def _take_batch(self) -> list[Job]:
-        # Finals never share a batch with partials: on CPU a bigger batch costs more per clip,
-        # and a final must not wait for partials that the next ones will supersede anyway.
-        batch: list[Job] = []
-        while self._finals and len(batch) < self.max_batch:
-            batch.append(self._finals.popleft())
-        if batch:
-            return batch
-        now = time.monotonic()
-        # A partial batch holds up the finals that arrive meanwhile: keep it small.
-        while self._partials and len(batch) < self.max_partial_batch:
-            _, (job, queued_at) = self._partials.popitem(last=False)
-            if now - queued_at > self.partial_max_age_s:
-                self.stats.partials_shed += 1
-                continue
-            batch.append(job)
-        return batch
 
     def _quantize(self, jobs: Sequence[Job]) -> list[list[int]]:
         self._busy_since = time.monotonic()

@@ -52,6 +52,8 @@ const LIMITS = object({
   max_session_s: limit,
   idle_timeout_s: limit,
   max_pending_segments: integer,
+  max_windows_per_s: limit,
+  windows_burst: limit,
 });
 
 const CAPABILITIES = object({

@@ -348,6 +348,8 @@ def test_server_message_shapes() -> None:
                 "max_session_s": 14400.0,
                 "idle_timeout_s": 60.0,
                 "max_pending_segments": 32,
+                "max_windows_per_s": 3.0,
+                "windows_burst": 30.0,
             },
         },
     }

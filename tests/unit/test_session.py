@@ -260,6 +260,8 @@ def test_ready_announces_the_capabilities_the_session_enforces(text: bool) -> No
         "max_session_s": 14400.0,
         "idle_timeout_s": 7.0,
         "max_pending_segments": 32,
+        "max_windows_per_s": 3.0,
+        "windows_burst": 30.0,
     }
     # ... and they are the ones it applies: text as announced, the announced message size
     asks_text = Driver(limits=limits, text_available=text)
@@ -513,6 +515,60 @@ def test_too_many_segments_waiting_for_the_model(sample: np.ndarray) -> None:
     # the server is behind (no results at all): it closes with "try again later"
     assert d.error() == ("limit", CloseCode.TRY_AGAIN_LATER)
     assert d.cancelled and not d.queue
+
+
+# -- cost in encoder windows -----------------------------------------------------------------
+
+
+def test_tiny_segments_pay_a_window_each_and_are_too_fast(sample: np.ndarray) -> None:
+    # The abuse of issue 12: 60 ms segments (preroll 0) cost a full window each, ~16 per
+    # second of speech; over the budget the session is told too_fast, not the others slowed.
+    limits = SessionLimits(max_windows_per_s=3.0, windows_burst=10.0)
+    d = Driver(limits=limits)
+    d.start(vad={"max_segment_s": 0.06, "preroll_ms": 0})
+    d.audio(sample.tobytes())
+    assert d.error() == ("too_fast", CloseCode.POLICY_VIOLATION)
+    assert "windows" in d.sent[-1]["message"]
+    assert d.session.over_window_budget
+    # it got exactly its allowance: the burst plus 3 per second of audio, then the refusal
+    used = len(d.finals())
+    assert used == math.floor(10 + 3.0 * d.session.audio_seconds)
+    assert d.session.windows_used == used + 1  # the one refused
+
+
+def test_the_window_budget_is_burst_plus_rate_times_audio(sample: np.ndarray) -> None:
+    # A flush closes the open segment: one final (one window) per flush in speech. With a
+    # negligible rate exactly `burst` of them are allowed, and the next is refused.
+    d = Driver(limits=SessionLimits(max_windows_per_s=1e-9, windows_burst=3.0))
+    d.start()
+    for chunk in np.array_split(sample, len(sample) // samples(0.3)):
+        d.audio(chunk.tobytes())
+        if d.closed is None:
+            d.text({"type": "flush"})
+    assert d.error() == ("too_fast", CloseCode.POLICY_VIOLATION)
+    assert len(d.finals()) == 3
+
+
+def test_speech_stays_far_within_the_default_window_budget(sample: np.ndarray) -> None:
+    # Natural speech with the default VAD: a window per segment (speculative finals
+    # included), far below the default 3 per second of audio, even without the burst.
+    d = Driver(limits=SessionLimits(windows_burst=1.0))
+    d.start()
+    d.audio(np.tile(sample, 4).tobytes())
+    d.stop()
+    assert d.closed is not None and d.closed.code == CloseCode.NORMAL
+    assert d.session.windows_used == len(d.finals()) >= 4 * 3
+    assert d.session.windows_used < 1.0 * d.session.audio_seconds
+    assert not d.session.over_window_budget
+
+
+def test_no_window_budget_with_inf(sample: np.ndarray) -> None:
+    d = Driver(limits=SessionLimits(max_windows_per_s=math.inf))
+    d.start(vad={"max_segment_s": 0.06, "preroll_ms": 0})
+    d.audio(sample.tobytes())
+    d.stop()
+    assert d.closed is not None and d.closed.code == CloseCode.NORMAL
+    assert d.session.windows_used > 50
 
 
 # -- message order ---------------------------------------------------------------------------
