@@ -52,6 +52,7 @@ const LIMITS = object({
   max_session_s: limit,
   idle_timeout_s: limit,
   max_pending_segments: integer,
+  max_messages_per_s: limit,
 });
 
 const CAPABILITIES = object({

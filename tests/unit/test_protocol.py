@@ -348,6 +348,7 @@ def test_server_message_shapes() -> None:
                 "max_session_s": 14400.0,
                 "idle_timeout_s": 60.0,
                 "max_pending_segments": 32,
+                "max_messages_per_s": 500.0,
             },
         },
     }

@@ -1,0 +1,220 @@
+"""HTTP on the stream port: token checks for upgrades, health, metrics, the page; 4xx for the rest.
+
+websockets hands every request to HttpRoutes (its process_request). Nothing a client sends
+reaches the file system: the page's files are a fixed allowlist read once at start-up. A
+malformed request gets a 4xx and, at most, one log line (several of them in a row: one line
+per LOG_EVERY_S with their count), quoting no more than a short prefix of what it sent.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+log = logging.getLogger("ichigo_stream.server")
+
+STATIC = Path(__file__).parent / "static"
+# URL path -> file in STATIC: the only files the page is made of (tests/unit/test_routes.py
+# checks that it lists every file there).
+STATIC_FILES = {
+    "/": "index.html",
+    "/app.js": "app.js",
+    "/capture-worklet.js": "capture-worklet.js",
+    "/llm-format.js": "llm-format.js",
+    "/protocol.js": "protocol.js",
+    "/style.css": "style.css",
+}
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css",
+}
+PLAIN_TYPE = "text/plain; charset=utf-8"
+PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+ALLOWED_METHODS = ("GET", "HEAD")
+# On every response: the page loads only its own files and connects only to its own server
+# ('self' covers ws:/wss: of the same host in CSP 3), no other site may frame it (clickjacking
+# a microphone page), no MIME sniffing, and no URL (with a ?token=) in a Referer.
+SECURITY_HEADERS = (
+    (
+        "Content-Security-Policy",
+        "default-src 'self'; img-src 'self' data:; connect-src 'self'; object-src 'none'; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+)
+SERVER_HEADER = "ichigo-stream"  # websockets' default names the Python and websockets versions
+LOG_EVERY_S = 10.0
+QUOTE_CHARS = 80  # of a request's path, in a log line
+
+
+class BadRequest(Exception):
+    """A request this server cannot read: answered 400, logged at most once per LOG_EVERY_S."""
+
+
+class RateLimitedLog:
+    """One warning line per `every_s` at most, counting the events it did not log."""
+
+    def __init__(self, every_s: float = LOG_EVERY_S, clock: Callable[[], float] = time.monotonic):
+        self.every_s = every_s
+        self.clock = clock
+        self._last: float | None = None
+        self._suppressed = 0
+
+    def warning(self, message: str) -> bool:
+        """Log message (with the count since the last line) unless one went out lately."""
+        now = self.clock()
+        if self._last is not None and now - self._last < self.every_s:
+            self._suppressed += 1
+            return False
+        more = f" (and {self._suppressed} more since)" if self._suppressed else ""
+        log.warning("%s%s", message, more)
+        self._last, self._suppressed = now, 0
+        return True
+
+
+def quote_path(path: str) -> str:
+    text = repr(path)
+    return text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 3] + "..."
+
+
+def response(
+    status: int,
+    body: str | bytes = b"",
+    content_type: str = PLAIN_TYPE,
+    *,
+    head: bool = False,
+    headers: tuple[tuple[str, str], ...] = (),
+) -> Response:
+    """A complete HTTP response: security headers, the length of the body, no body for HEAD."""
+    data = body.encode() if isinstance(body, str) else body
+    all_headers = Headers(
+        [
+            ("Date", email.utils.formatdate(usegmt=True)),
+            ("Connection", "close"),
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(data))),
+            *SECURITY_HEADERS,
+            *headers,
+        ]
+    )
+    reason = "OK" if status == 200 else ""
+    return Response(status, reason, all_headers, b"" if head else data)
+
+
+def bearer_credentials(request: Request) -> list[str]:
+    """The tokens a request presents: `Authorization: Bearer X` and every `?token=X`.
+
+    Several Authorization headers are a BadRequest (which one would count?)."""
+    values = request.headers.get_all("Authorization")
+    if len(values) > 1:
+        raise BadRequest("several Authorization headers")
+    candidates = []
+    if values:
+        scheme, _, credential = values[0].partition(" ")
+        if scheme.lower() == "bearer":
+            candidates.append(credential)
+    candidates += parse_qs(urlsplit(request.path).query).get("token", [])
+    return candidates
+
+
+def token_matches(request: Request, token: str) -> bool:
+    """Whether the request presents `token`, compared in constant time (no timing leak)."""
+    expected = token.encode()
+    return any(
+        # Header values come decoded with surrogateescape: encode them back the same way.
+        hmac.compare_digest(c.encode("utf-8", "surrogateescape"), expected)
+        for c in bearer_credentials(request)
+    )
+
+
+def require_token(request: Request, token: str | None) -> Response | None:
+    """None when the request may go on (no token configured, or it presents it); else the
+    401 to answer. For every endpoint behind --auth-token, WebSocket or not."""
+    if token is None or token_matches(request, token):
+        return None
+    return response(
+        401,
+        "unauthorized: a valid bearer token is required\n",
+        head=request.method == "HEAD",
+        headers=(("WWW-Authenticate", 'Bearer realm="ichigo-stream"'),),
+    )
+
+
+def load_static() -> dict[str, tuple[bytes, str]]:
+    """The page's files, read once: URL path -> (contents, content type)."""
+    return {
+        path: ((STATIC / name).read_bytes(), CONTENT_TYPES[Path(name).suffix])
+        for path, name in STATIC_FILES.items()
+    }
+
+
+class HttpRoutes:
+    """process_request for the stream port: None lets a WebSocket upgrade go on."""
+
+    def __init__(
+        self,
+        *,
+        token: str | None,
+        metrics_token: str | None,
+        websocket_paths: frozenset[str],
+        live: Callable[[], bool],
+        ready: Callable[[], bool],
+        metrics: Callable[[bool], str],
+    ) -> None:
+        self.token = token
+        self.metrics_token = metrics_token if metrics_token is not None else token
+        self.websocket_paths = websocket_paths
+        self.live = live
+        self.ready = ready
+        self.metrics = metrics
+        self.static = load_static()
+        self.bad_requests = RateLimitedLog()
+
+    def __call__(self, _connection: object, request: Request) -> Response | None:
+        try:
+            return self._route(request)
+        except BadRequest as e:
+            self.bad_requests.warning(f"bad HTTP request {quote_path(request.path)}: {e}")
+            return response(400, f"bad request: {e}\n", head=request.method == "HEAD")
+
+    def _route(self, request: Request) -> Response | None:
+        head = request.method == "HEAD"
+        if request.method not in ALLOWED_METHODS:
+            return response(
+                405, "method not allowed\n", headers=(("Allow", ", ".join(ALLOWED_METHODS)),)
+            )
+        path = urlsplit(request.path).path
+        if path in self.websocket_paths:
+            return require_token(request, self.token)  # None: on with the handshake
+        if path in ("/livez", "/healthz"):
+            live = self.live()
+            return response(200 if live else 503, "ok\n" if live else "unavailable\n", head=head)
+        if path == "/readyz":
+            ready = self.ready()
+            return response(200 if ready else 503, "ok\n" if ready else "unavailable\n", head=head)
+        if path == "/metrics":
+            refusal = require_token(request, self.metrics_token)
+            if refusal is not None:
+                return refusal
+            # OpenMetrics for a scraper that asks for it; Prometheus text 0.0.4 otherwise.
+            openmetrics = "application/openmetrics-text" in ",".join(
+                request.headers.get_all("Accept")
+            )
+            kind = OPENMETRICS_TYPE if openmetrics else PROMETHEUS_TYPE
+            return response(200, self.metrics(openmetrics), kind, head=head)
+        if path in self.static:
+            body, kind = self.static[path]
+            return response(200, body, kind, head=head)
+        return response(404, "not found\n", head=head)
