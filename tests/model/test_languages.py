@@ -8,5 +8,5 @@ from ichigo_stream.languages import LANGUAGE_CODES, WHISPER_LANGUAGES
 
 
 def test_the_language_codes_are_whispers() -> None:
-    assert WHISPER_LANGUAGES == tuple(whisper.tokenizer.LANGUAGES)
-    assert LANGUAGE_CODES == set(whisper.tokenizer.LANGUAGES)
+    assert tuple(whisper.tokenizer.LANGUAGES) == WHISPER_LANGUAGES
+    assert set(whisper.tokenizer.LANGUAGES) == LANGUAGE_CODES
