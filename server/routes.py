@@ -13,6 +13,7 @@ import hmac
 import logging
 import time
 from collections.abc import Callable
+from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -109,8 +110,7 @@ def response(
             *headers,
         ]
     )
-    reason = "OK" if status == 200 else ""
-    return Response(status, reason, all_headers, b"" if head else data)
+    return Response(status, HTTPStatus(status).phrase, all_headers, b"" if head else data)
 
 
 def bearer_credentials(request: Request) -> list[str]:

@@ -831,9 +831,12 @@ def test_serve_command_requires_its_token(
             by_query = await run_session(s.port, b"", query=f"token={TOKEN}")
             assert_finished_cleanly(by_header, reference["cut"], cut.seconds)
             assert_finished_cleanly(by_query, [], 0.0)
-            # Health and metrics are not behind the token (probes and scrapers have none).
+            # Health is not behind the token (probes have none); metrics are (issue 12: the
+            # token also protects /metrics unless --metrics-token sets another).
             assert (await http_get(s.port, "/healthz"))[0] == 200
-            status, headers, metrics = await http_get(s.port, "/metrics")
+            assert (await http_get(s.port, "/metrics"))[0] == 401
+            auth = {"Authorization": f"Bearer {TOKEN}"}
+            status, headers, metrics = await http_get(s.port, "/metrics", auth)
             assert status == 200 and headers["content-type"].startswith("text/plain")
             assert "ichigo_sessions_total 2" in metrics.splitlines()
             assert "ichigo_segments_total 2" in metrics.splitlines()
