@@ -27,7 +27,7 @@ from ichigo_stream.session import Action, Cancel, Close, Job, JobResult, Send, S
 from .config import ServerConfig
 from .listener import Listener, tls_context
 from .metrics import ServerMetrics
-from .routes import SERVER_HEADER, HttpRoutes
+from .routes import SERVER_HEADER, HttpRoutes, websockets_logger
 from .worker import ModelWorker
 
 log = logging.getLogger("ichigo_stream.server")
@@ -91,6 +91,7 @@ class StreamServer:
                 **where,
                 process_request=self.routes,
                 server_header=SERVER_HEADER,
+                logger=websockets_logger(),
                 # Our own size check answers with an error message first; this is the hard stop.
                 max_size=4 * limit + 1024,
                 ssl=listener.tls if listener is not None else tls_context(self.config),

@@ -64,8 +64,8 @@ class BadRequest(Exception):
     """A request this server cannot read: answered 400, logged at most once per LOG_EVERY_S."""
 
 
-class RateLimitedLog:
-    """One warning line per `every_s` at most, counting the events it did not log."""
+class Throttle:
+    """At most one event per `every_s` goes through; the others are counted."""
 
     def __init__(self, every_s: float = LOG_EVERY_S, clock: Callable[[], float] = time.monotonic):
         self.every_s = every_s
@@ -73,16 +73,63 @@ class RateLimitedLog:
         self._last: float | None = None
         self._suppressed = 0
 
-    def warning(self, message: str) -> bool:
-        """Log message (with the count since the last line) unless one went out lately."""
+    def take(self) -> int | None:
+        """None: leave this one out. Else it goes through: the count left out since the last."""
         now = self.clock()
         if self._last is not None and now - self._last < self.every_s:
             self._suppressed += 1
+            return None
+        suppressed, self._last, self._suppressed = self._suppressed, now, 0
+        return suppressed
+
+
+class RateLimitedLog:
+    """One warning line per `every_s` at most, counting the events it did not log."""
+
+    def __init__(self, every_s: float = LOG_EVERY_S, clock: Callable[[], float] = time.monotonic):
+        self.throttle = Throttle(every_s, clock)
+
+    def warning(self, message: str) -> bool:
+        """Log message (with the count since the last line) unless one went out lately."""
+        suppressed = self.throttle.take()
+        if suppressed is None:
             return False
-        more = f" (and {self._suppressed} more since)" if self._suppressed else ""
-        log.warning("%s%s", message, more)
-        self._last, self._suppressed = now, 0
+        log.warning("%s%s", message, f" (and {suppressed} more since)" if suppressed else "")
         return True
+
+
+class ResponseLogFilter(logging.Filter):
+    """On the logger websockets is given: its line for each plain HTTP answer ("connection
+    rejected (404 Not Found)", "HTTP response sent (200 OK)") at most once per LOG_EVERY_S,
+    with the count of those left out, so that a client repeating requests cannot fill the
+    log. A 400 is left out altogether: HttpRoutes logs its reason itself. Every other line of
+    websockets (connections opened and closed, errors) passes."""
+
+    RESPONSE_LINES = frozenset({"connection rejected (%d %s)", "HTTP response sent (%d %s)"})
+
+    def __init__(self, every_s: float = LOG_EVERY_S, clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        self.throttle = Throttle(every_s, clock)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg not in self.RESPONSE_LINES:
+            return True
+        if record.args and record.args[0] == 400:
+            return False
+        suppressed = self.throttle.take()
+        if suppressed is None:
+            return False
+        if suppressed:
+            record.msg = f"{record.msg} (and {suppressed} more HTTP answers since)"
+        return True
+
+
+def websockets_logger() -> logging.Logger:
+    """The logger to hand websockets' serve(): ours, its per-request lines rate-limited."""
+    logger = logging.getLogger("ichigo_stream.server.websockets")
+    if not any(isinstance(f, ResponseLogFilter) for f in logger.filters):
+        logger.addFilter(ResponseLogFilter())
+    return logger
 
 
 def quote_path(path: str) -> str:

@@ -22,6 +22,7 @@ from ichigo_stream_server.routes import (
     STATIC_FILES,
     HttpRoutes,
     RateLimitedLog,
+    ResponseLogFilter,
 )
 
 STREAM = "/v1/stream"
@@ -191,3 +192,21 @@ def test_the_rate_limited_log_counts_what_it_left_out(caplog: pytest.LogCaptureF
         now[0] = 10.5
         assert limited.warning("bad")
     assert [r.getMessage() for r in caplog.records] == ["bad", "bad (and 41 more since)"]
+
+
+def test_websockets_answer_lines_are_rate_limited() -> None:
+    now = [0.0]
+    response_filter = ResponseLogFilter(every_s=10.0, clock=lambda: now[0])
+
+    def line(msg: str, *args: object) -> logging.LogRecord:
+        return logging.LogRecord("ws", logging.INFO, __file__, 1, msg, args, None)
+
+    rejected = "connection rejected (%d %s)"
+    assert response_filter.filter(line(rejected, 404, "Not Found"))
+    assert not any(response_filter.filter(line(rejected, 404, "Not Found")) for _ in range(9))
+    assert not response_filter.filter(line(rejected, 400, "Bad Request"))  # HttpRoutes logs it
+    assert response_filter.filter(line("connection open"))  # other lines always pass
+    now[0] = 11.0
+    record = line("HTTP response sent (%d %s)", 200, "OK")
+    assert response_filter.filter(record)
+    assert record.getMessage() == "HTTP response sent (200 OK) (and 9 more HTTP answers since)"
