@@ -244,7 +244,12 @@ class HttpRoutes:
             )
         path = urlsplit(request.path).path
         if path in self.websocket_paths:
-            return require_token(request, self.token)  # None: on with the handshake
+            refusal = require_token(request, self.token)
+            if refusal is None and head:
+                # What a GET without an upgrade gets from websockets, without its body.
+                upgrade = (("Upgrade", "websocket"),)
+                return response(426, "a WebSocket endpoint\n", head=True, headers=upgrade)
+            return refusal  # None: on with the handshake
         if path in ("/livez", "/healthz"):
             live = self.live()
             return response(200 if live else 503, "ok\n" if live else "unavailable\n", head=head)

@@ -89,6 +89,8 @@ def test_the_page_and_its_files() -> None:
 
 def test_head_has_the_headers_and_no_body() -> None:
     r = routes()
+    head_upgrade = call(r, STREAM, "HEAD")
+    assert head_upgrade.status_code == 426 and head_upgrade.body == b""
     for path in ("/", "/app.js", "/livez", "/metrics", "/nothing"):
         get, head = call(r, path), call(r, path, "HEAD")
         assert head.status_code == get.status_code and head.body == b"", path
