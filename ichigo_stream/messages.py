@@ -152,7 +152,7 @@ class SessionLimits:
     idle_timeout_s: float = _no_limit_as_null(60.0)
     max_pending_segments: int = 32  # closed segments waiting for the model
     # Messages of any kind a second, with a burst of one second's worth; an empty binary
-    # message counts as EMPTY_MESSAGE_COST of them (session.py). 500: 10 ms chunks at 4x real
+    # message counts as EMPTY_MESSAGE_COST of them (message_rate.py). 500: 10 ms chunks at 4x real
     # time plus control messages, and 20 times below a flood of tiny messages.
     max_messages_per_s: float = _no_limit_as_null(500.0)
 

@@ -18,6 +18,7 @@ import numpy as np
 from .audio import PcmStreamDecoder
 from .constants import SAMPLE_RATE
 from .errors import AudioError, CloseCode, ProtocolError
+from .message_rate import MessageRate
 from .messages import (
     Audio,
     Capabilities,
@@ -49,9 +50,6 @@ from .stream_buffer import AudioBuffer
 from .tokens import format_tokens
 
 _job_ids = itertools.count()
-# An empty binary message carries nothing and costs a loop turn all the same: it counts as
-# this many messages against max_messages_per_s (a flood of them is the cheapest to send).
-EMPTY_MESSAGE_COST = 10
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,8 +129,7 @@ class ServerSession:
         self.started_at = now
         self.last_message_at = now
         self._received_seconds = 0.0
-        self._message_tokens = self._message_burst  # a token bucket, full at the start
-        self._tokens_at = now
+        self._message_rate = MessageRate(self.limits.max_messages_per_s, now)
         self._decoder: PcmStreamDecoder | None = None
         self._vad: VadSegmenter | None = None
         self._buffer = AudioBuffer()
@@ -156,7 +153,8 @@ class ServerSession:
             return []
         self.last_message_at = now
         try:
-            self._count_message(data, now)
+            # Before anything else, parsing included: a flood costs a counter, no more.
+            self._message_rate.count(len(data), now)
             size = _size_in_bytes(data, self.limits.max_message_bytes)
             if size > self.limits.max_message_bytes:
                 raise ProtocolError(
@@ -178,26 +176,6 @@ class ServerSession:
             return self._stop(now)
         except ProtocolError as e:
             return self.fail(e)
-
-    @property
-    def _message_burst(self) -> float:
-        """The bucket's size: one second's worth of messages (at least one message)."""
-        return max(self.limits.max_messages_per_s, 1.0)
-
-    def _count_message(self, data: str | bytes, now: float) -> None:
-        """The message-rate limit: a token bucket of max_messages_per_s, one second deep.
-
-        Checked before the message is even parsed, so that a flood of tiny messages costs
-        the server as little as possible until it is cut off."""
-        rate = self.limits.max_messages_per_s
-        if math.isinf(rate):
-            return
-        elapsed = max(0.0, now - self._tokens_at)
-        self._tokens_at = now
-        self._message_tokens = min(self._message_burst, self._message_tokens + elapsed * rate)
-        self._message_tokens -= EMPTY_MESSAGE_COST if len(data) == 0 else 1
-        if self._message_tokens < 0:
-            raise ProtocolError("too_fast", f"more than {rate:g} messages a second")
 
     def job_done(self, job: Job, result: JobResult, now: float) -> list[Action]:
         """A model result for one of this session's jobs."""

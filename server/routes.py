@@ -12,7 +12,7 @@ import email.utils
 import hmac
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -208,14 +208,17 @@ def load_static() -> dict[str, tuple[bytes, str]]:
 
 
 class HttpRoutes:
-    """process_request for the stream port: None lets a WebSocket upgrade go on."""
+    """process_request for the stream port: None lets a WebSocket upgrade go on.
+
+    websocket_paths: the WebSocket endpoints, all behind the same token (a live container:
+    StreamServer's endpoints by path may grow after this is made)."""
 
     def __init__(
         self,
         *,
         token: str | None,
         metrics_token: str | None,
-        websocket_paths: frozenset[str],
+        websocket_paths: Container[str],
         live: Callable[[], bool],
         ready: Callable[[], bool],
         metrics: Callable[[bool], str],
