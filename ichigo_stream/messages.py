@@ -34,6 +34,7 @@ from .protocol import (
     VAD_FIELDS,
     StartOptions,
     parse_start,
+    quote,
 )
 from .segmentation import VadOptions
 from .tokens import TokenFormat, format_tokens, to_ichigo, to_ichigo_rle
@@ -127,7 +128,7 @@ def parse_client_message(
     if kind == Stop.type:
         return Stop()
     raise ProtocolError(
-        "bad_message", f"unknown message type {kind!r}: expected start, flush or stop"
+        "bad_message", f"unknown message type {quote(kind)}: expected start, flush or stop"
     )
 
 
@@ -154,6 +155,10 @@ class SessionLimits:
     # of its audio, after a burst of this many: see "Cost" in docs/protocol.md.
     max_windows_per_s: float = _no_limit_as_null(3.0)
     windows_burst: float = _no_limit_as_null(30.0)
+    # Messages of any kind a second, with a burst of one second's worth; an empty binary
+    # message counts as EMPTY_MESSAGE_COST of them (message_rate.py). 500: 10 ms chunks at 4x real
+    # time plus control messages, and 20 times below a flood of tiny messages.
+    max_messages_per_s: float = _no_limit_as_null(500.0)
 
 
 @dataclass(frozen=True)

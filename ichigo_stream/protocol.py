@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from .constants import SAMPLE_RATE, WINDOW_SECONDS
 from .errors import ProtocolError, SegmentationError
+from .languages import LANGUAGE_CODES
 from .segmentation import VadOptions
 
 PROTOCOL_VERSION = 1
@@ -26,6 +27,9 @@ PARTIAL_INTERVAL_MS = (100, 10_000)
 # silence setting already means "never by silence", since segments are capped at 30 s).
 MAX_OFFSET_S = 1e9
 MAX_VAD_MS = 600_000
+# How much of a client's value an error message quotes: enough to recognise it, never an echo
+# of a megabyte (docs/protocol.md, Errors).
+QUOTE_CHARS = 40
 
 Encoding = Literal["pcm_s16le", "pcm_f32le"]
 
@@ -74,9 +78,15 @@ def _typed(
     # bool is an int in Python; a JSON true is never a valid number here.
     if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
         raise ProtocolError(
-            "bad_message", f"{where}.{key} must be {_kind_name(kind)}, got {value!r}"
+            "bad_message", f"{where}.{key} must be {_kind_name(kind)}, got {quote(value)}"
         )
     return value
+
+
+def quote(value: Any) -> str:
+    """A client's value for an error message: its repr, at most QUOTE_CHARS characters of it."""
+    text = repr(value)
+    return text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 3] + "..."
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
@@ -134,7 +144,8 @@ def parse_start(obj: dict[str, Any], vad_defaults: VadOptions | None = None) -> 
     encoding = _typed(obj, "encoding", str, "pcm_s16le")
     if encoding not in ENCODINGS:
         raise ProtocolError(
-            "unsupported", f"encoding {encoding!r} unsupported: expected one of {list(ENCODINGS)}"
+            "unsupported",
+            f"encoding {quote(encoding)} unsupported: expected one of {list(ENCODINGS)}",
         )
     channels = _typed(obj, "channels", int, 1)
     if channels not in CHANNELS:
@@ -146,7 +157,15 @@ def parse_start(obj: dict[str, Any], vad_defaults: VadOptions | None = None) -> 
     llm_format = _typed(obj, "llm_format", str, None)
     if llm_format is not None and llm_format not in LLM_FORMATS:
         raise ProtocolError(
-            "unsupported", f"llm_format {llm_format!r} unsupported: expected null or {LLM_FORMATS}"
+            "unsupported",
+            f"llm_format {quote(llm_format)} unsupported: expected null or {LLM_FORMATS}",
+        )
+    language = _typed(obj, "language", str, None)
+    if language is not None and language not in LANGUAGE_CODES:
+        # Checked here, not by Whisper per segment: an unknown value would come back in an
+        # error for every segment, and a client could make it as long as a message.
+        raise ProtocolError(
+            "unsupported", f"language {quote(language)} unsupported: expected a Whisper code"
         )
     offset = _typed(obj, "offset", (int, float), 0.0)
     # A chained comparison, not math.isfinite: that raises on a huge JSON integer, and NaN
@@ -160,7 +179,7 @@ def parse_start(obj: dict[str, Any], vad_defaults: VadOptions | None = None) -> 
         partials=_typed(obj, "partials", bool, False),
         partial_interval_ms=interval,
         text=_typed(obj, "text", bool, False),
-        language=_typed(obj, "language", str, None),
+        language=language,
         llm_format=llm_format,
         vad=_vad_options(obj.get("vad"), vad_defaults or VadOptions()),
         offset=float(offset),

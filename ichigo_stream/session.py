@@ -18,6 +18,7 @@ import numpy as np
 from .audio import PcmStreamDecoder
 from .constants import SAMPLE_RATE
 from .errors import AudioError, CloseCode, ProtocolError
+from .message_rate import MessageRate
 from .messages import (
     Audio,
     Capabilities,
@@ -152,6 +153,7 @@ class ServerSession:
         self.started_at = now
         self.last_message_at = now
         self._received_seconds = 0.0
+        self._message_rate = MessageRate(self.limits.max_messages_per_s, now)
         self._decoder: PcmStreamDecoder | None = None
         self._vad: VadSegmenter | None = None
         self._buffer = AudioBuffer()
@@ -177,6 +179,8 @@ class ServerSession:
             return []
         self.last_message_at = now
         try:
+            # Before anything else, parsing included: a flood costs a counter, no more.
+            self._message_rate.count(len(data), now)
             size = _size_in_bytes(data, self.limits.max_message_bytes)
             if size > self.limits.max_message_bytes:
                 raise ProtocolError(

@@ -9,25 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
 
 from ichigo_stream.errors import CloseCode, IchigoStreamError, ProtocolError
 from ichigo_stream.loading import ModelInfo
 from ichigo_stream.messages import Capabilities
 from ichigo_stream.model import IchigoTokenizer
 from ichigo_stream.pipeline import default_batch_size
-from ichigo_stream.protocol import STREAM_PATH
+from ichigo_stream.protocol import STREAM_PATH, quote
 from ichigo_stream.segmentation import VadOptions
 from ichigo_stream.session import (
     Action,
@@ -44,18 +40,15 @@ from ichigo_stream.session import (
 from .config import ServerConfig
 from .listener import Listener, tls_context
 from .metrics import ServerMetrics
+from .routes import SERVER_HEADER, HttpRoutes, websockets_logger
 from .worker import ModelWorker
 
 log = logging.getLogger("ichigo_stream.server")
-STATIC = Path(__file__).parent / "static"
-CONTENT_TYPES = {
-    ".html": "text/html; charset=utf-8",
-    ".js": "text/javascript; charset=utf-8",
-    ".css": "text/css",
-}
-PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 FORCE_CLOSE_S = 1.0  # on a forced exit, how long a client may take to answer the close frame
+# Of the drain timeout, what is kept for closing the sessions still open at its end (each
+# client's answer to the close frame), so that the whole drain stays within the option:
+# at most this, at most a quarter of the timeout.
+CLOSE_RESERVE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -112,6 +105,18 @@ class StreamServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ticker: asyncio.Task[None] | None = None
         self.draining = False
+        self.routes = HttpRoutes(
+            token=config.token,
+            metrics_token=config.metrics_token,
+            websocket_paths=self.endpoints,  # read per request: later entries count too
+            # Live: the process answers and its worker is not stuck (a restart would help);
+            # ready: and it takes new sessions (not while draining, nor over its memory budget).
+            live=self.worker.healthy,
+            ready=lambda: (
+                self.worker.healthy() and not self.draining and self.worker.admits_sessions
+            ),
+            metrics=lambda openmetrics: self._render_metrics(openmetrics=openmetrics),
+        )
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -129,7 +134,9 @@ class StreamServer:
             self._server = await serve(
                 self._handle,
                 **where,
-                process_request=self._http,
+                process_request=self.routes,
+                server_header=SERVER_HEADER,
+                logger=websockets_logger(),
                 # Our own size check answers with an error message first; this is the hard stop.
                 max_size=4 * limit + 1024,
                 ssl=listener.tls if listener is not None else tls_context(self.config),
@@ -150,36 +157,33 @@ class StreamServer:
     async def drain(self) -> None:
         """Stop accepting, finish every open segment, send done, close; all within the timeout.
 
-        Sessions still unfinished at the timeout are closed with 1001 (going away), all at
-        once, each within the close handshake's own timeout; the model worker gets what is
-        left of the drain timeout (at least a second) to finish its current batch.
+        Sessions get the drain timeout less a reserve (CLOSE_RESERVE_S at most, a quarter of
+        it at most); those still open then are closed with 1001 (going away), all at once,
+        and a client that has not answered the close frame by the timeout is cut off. So
+        websockets' own close timeout never adds to --drain-timeout-s. The model worker gets
+        what is left of the timeout to finish its current batch.
         """
         assert self._server is not None and self._loop is not None
-        deadline = self._loop.time() + self.config.drain_timeout_s
+        timeout = self.config.drain_timeout_s
+        deadline = self._loop.time() + timeout
         self.draining = True
         self._server.close(close_connections=False)
         for conn in list(self.connections.values()):
             self._act(conn, conn.session.shutdown, self._loop.time())
+        sessions_until = deadline - min(CLOSE_RESERVE_S, timeout / 4)
         try:
-            await asyncio.wait_for(self._server.wait_closed(), self.config.drain_timeout_s)
+            await asyncio.wait_for(
+                self._server.wait_closed(), max(0.0, sessions_until - self._loop.time())
+            )
         except TimeoutError:
             log.warning("drain timeout: closing %d connection(s) unfinished", len(self.connections))
-            # Concurrently: one after another, each unresponsive client would add its own
-            # close timeout to the shutdown.
-            await asyncio.gather(
-                *(
-                    conn.ws.close(CloseCode.GOING_AWAY, "server shutting down")
-                    for conn in list(self.connections.values())
-                ),
-                return_exceptions=True,
-            )
+            await self._close_all(max(0.0, deadline - self._loop.time()))
         if self._ticker:
             self._ticker.cancel()
         # Wait for the worker here, not in asyncio.to_thread: a forced exit cancels this
         # wait, and asyncio.run would still wait for an executor thread joining the worker.
         self.worker.request_stop()
-        worker_deadline = max(deadline, self._loop.time() + 1.0)
-        while self.worker.alive and self._loop.time() < worker_deadline:
+        while self.worker.alive and self._loop.time() < deadline:
             await asyncio.sleep(0.02)
 
     async def force_close(self) -> None:
@@ -194,60 +198,25 @@ class StreamServer:
         if self._ticker:
             self._ticker.cancel()
         self.worker.request_stop()
+        await self._close_all(FORCE_CLOSE_S)
+
+    async def _close_all(self, timeout_s: float) -> None:
+        """Close every connection with 1001 at once; cut off those that have not answered
+        the close frame within timeout_s (one after another, each unresponsive client would
+        add websockets' own close timeout)."""
         connections = list(self.connections.values())
         closing = [
             asyncio.create_task(conn.ws.close(CloseCode.GOING_AWAY, "server shutting down"))
             for conn in connections
         ]
         if closing:
-            _, late = await asyncio.wait(closing, timeout=FORCE_CLOSE_S)
+            _, late = await asyncio.wait(closing, timeout=timeout_s)
             for task in late:
                 task.cancel()
         for conn in connections:
             conn.ws.transport.abort()  # no-op for a connection that is already closed
 
-    # -- HTTP on the same port -----------------------------------------------------------
-
-    def _http(self, connection: ServerConnection, request: Request) -> Response | None:
-        url = urlsplit(request.path)
-        if url.path in self.endpoints:
-            if self.config.token and not self._authorized(request, url.query):
-                response = connection.respond(
-                    401, "unauthorized: a valid bearer token is required\n"
-                )
-                response.headers["WWW-Authenticate"] = 'Bearer realm="ichigo-stream"'
-                return response
-            return None  # go on with the WebSocket handshake
-        if url.path == "/healthz":
-            healthy = self.worker.healthy() and not self.draining
-            return connection.respond(
-                200 if healthy else 503, "ok\n" if healthy else "unavailable\n"
-            )
-        if url.path == "/metrics":
-            # OpenMetrics for a scraper that asks for it; Prometheus text 0.0.4 otherwise.
-            openmetrics = "application/openmetrics-text" in request.headers.get("Accept", "")
-            return _response(
-                200,
-                self._render_metrics(openmetrics=openmetrics),
-                OPENMETRICS_TYPE if openmetrics else PROMETHEUS_TYPE,
-            )
-        page = STATIC / ("index.html" if url.path == "/" else url.path.lstrip("/"))
-        if (
-            page.resolve().parent == STATIC.resolve()
-            and page.is_file()
-            and page.suffix in CONTENT_TYPES
-        ):
-            return _response(200, page.read_text(), CONTENT_TYPES[page.suffix])
-        return connection.respond(404, "not found\n")
-
-    def _authorized(self, request: Request, query: str) -> bool:
-        expected = self.config.token.encode()
-        header = request.headers.get("Authorization", "")
-        scheme, _, credential = header.partition(" ")
-        candidates = [credential] if scheme.lower() == "bearer" else []
-        candidates += parse_qs(query).get("token", [])
-        # Constant-time comparison: the token must not leak through response timing.
-        return any(hmac.compare_digest(c.encode(), expected) for c in candidates)
+    # -- HTTP on the same port: server/routes.py --------------------------------------
 
     def _render_metrics(self, *, openmetrics: bool = False) -> str:
         stats = self.worker.stats_snapshot()
@@ -284,7 +253,7 @@ class StreamServer:
             and origin not in self.config.allow_origins
         ):
             await self._refuse(
-                ws, session, ProtocolError("unauthorized", f"origin {origin!r} is not allowed")
+                ws, session, ProtocolError("unauthorized", f"origin {quote(origin)} is not allowed")
             )
             return
         if self.draining:
@@ -424,12 +393,6 @@ class StreamServer:
                     await ws.send(action.message.to_json())
                 elif isinstance(action, Close):
                     await ws.close(action.code, action.reason)
-
-
-def _response(status: int, body: str, content_type: str) -> Response:
-    data = body.encode()
-    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(data)))])
-    return Response(status, "OK" if status == 200 else "", headers, data)
 
 
 @contextlib.asynccontextmanager

@@ -13,11 +13,13 @@ from .listener import Listener
 SERVE_EPILOG = """\
 endpoints on the same port:
   ws(s)://HOST:PORT/v1/stream   the streaming protocol (docs/protocol.md)
-  GET /healthz                  200 while the model worker answers
-  GET /metrics                  Prometheus text
+  GET /livez (alias /healthz)   200 while the model worker answers (liveness)
+  GET /readyz                   200 while taking sessions, 503 once draining (readiness)
+  GET /metrics                  Prometheus text (behind --metrics-token or --auth-token)
   GET /                         the browser page
 lifecycle: load -> warm up -> serve -> on SIGTERM/SIGINT stop accepting, finish every open
-segment, send done, close, exit (status 0) within --drain-timeout-s. A second SIGTERM/SIGINT
+segment, send done, close, exit (status 0) within --drain-timeout-s, close handshakes
+included (a client that never answers the close frame is cut off). A second SIGTERM/SIGINT
 during the drain closes every session with 1001 at once and exits with 128 + the signal's
 number (143 for SIGTERM, 130 for SIGINT).
 readiness: once listening and warmed up, the server prints one JSON line on stdout,

@@ -38,6 +38,8 @@ class ServerConfig:
     max_wait_ms: float = 2.0
     max_sessions: int = 256
     token: str | None = None  # the secret clients must present (serve --auth-token)
+    # The secret /metrics asks for (serve --metrics-token); None: --auth-token's, if any.
+    metrics_token: str | None = None
     allow_origins: tuple[str, ...] = ()  # empty: any Origin (or none) is accepted
     certfile: str | None = None
     keyfile: str | None = None
@@ -132,6 +134,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: none, every client is accepted)",
     )
     add(
+        "--metrics-token",
+        metavar="SECRET",
+        help="require this bearer token for /metrics (header or ?token=) (default: the "
+        "--auth-token, if any; none: /metrics is open)",
+    )
+    add(
         "--allow-origin",
         nargs="+",
         default=(),
@@ -173,6 +181,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=1024,
         metavar="KB",
         help="largest WebSocket message a client may send, KiB (default: 1024)",
+    )
+    add(
+        "--max-messages-per-s",
+        type=positive,
+        default=500.0,
+        metavar="N",
+        help="WebSocket messages a session may send a second, in bursts of a second's worth "
+        "(an empty audio message counts as 10); more is too_fast, 1008; inf: no limit "
+        "(default: 500)",
     )
     add(
         "--max-session-s",
@@ -258,6 +275,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_wait_ms=args.max_wait_ms,
         max_sessions=args.max_sessions,
         token=args.auth_token or None,
+        metrics_token=args.metrics_token or None,
         allow_origins=tuple(args.allow_origin),
         certfile=args.certfile,
         keyfile=args.keyfile,
@@ -270,6 +288,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             idle_timeout_s=args.idle_timeout_s,
             max_windows_per_s=args.max_windows_per_s,
             windows_burst=args.windows_burst,
+            max_messages_per_s=args.max_messages_per_s,
         ),
         max_held_audio_bytes=args.max_held_audio_mb * MIB,
         drain_timeout_s=args.drain_timeout_s,

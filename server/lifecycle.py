@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+from typing import NoReturn
 
 import torch
 
@@ -100,12 +101,12 @@ def configure_torch(config: ServerConfig) -> None:
         torch.set_num_threads(config.threads)
 
 
-def run_server(config: ServerConfig, listener: Listener | None = None) -> int:
-    """bind -> load -> warm up -> serve -> drain on SIGTERM/SIGINT; returns the exit status.
+def run_server(config: ServerConfig, listener: Listener | None = None) -> NoReturn:
+    """bind -> load -> warm up -> serve -> drain on SIGTERM/SIGINT -> exit the process.
 
     The address is bound and TLS loaded first (the listener; serve makes it before even
-    importing torch), so a taken port fails before the slow load. 0 after a drain;
-    128 + the signal's number (130 for SIGINT, 143 for SIGTERM) when a second signal cut the
+    importing torch), so a taken port fails before the slow load. The exit status: 0 after a
+    drain; 128 + the signal's number (130 for SIGINT, 143 for SIGTERM) when a second signal cut the
     drain short, the shell's status for a process ended by a signal.
     """
     listener = listener if listener is not None else Listener(config)
@@ -124,11 +125,14 @@ def run_server(config: ServerConfig, listener: Listener | None = None) -> int:
     if worker.alive:
         # The worker is still inside a model call (a forced exit, or a batch that outlived
         # the drain timeout). Tearing the interpreter down under a running torch thread
-        # aborts the process (SIGABRT, "terminate called without an active exception"):
-        # end it here instead, everything else being closed and flushed.
+        # aborts the process (SIGABRT, "terminate called without an active exception").
         log.warning("exiting with the model worker still busy")
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
-    return status
+    # Served and drained: every connection is closed, the worker stopped, the ready file
+    # removed. End the process here rather than through the interpreter's teardown, which
+    # takes most of a second with torch loaded and would count against the drain's bound
+    # (--drain-timeout-s + 1 s, e.g. inside Kubernetes' grace period); it also avoids the
+    # abort above.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

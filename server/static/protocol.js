@@ -54,6 +54,7 @@ const LIMITS = object({
   max_pending_segments: integer,
   max_windows_per_s: limit,
   windows_burst: limit,
+  max_messages_per_s: limit,
 });
 
 const CAPABILITIES = object({

@@ -33,8 +33,9 @@ from ichigo_stream.assets import sample_path
 from ichigo_stream.loading import load_tokenizer
 from ichigo_stream.options import LoadOptions
 from ichigo_stream.tokens import format_tokens
-from ichigo_stream_server.app import STATIC, running_server
+from ichigo_stream_server.app import running_server
 from ichigo_stream_server.config import ServerConfig
+from ichigo_stream_server.routes import STATIC
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEECH = sample_path()

@@ -350,6 +350,7 @@ def test_server_message_shapes() -> None:
                 "max_pending_segments": 32,
                 "max_windows_per_s": 3.0,
                 "windows_burst": 30.0,
+                "max_messages_per_s": 500.0,
             },
         },
     }

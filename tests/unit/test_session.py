@@ -204,8 +204,11 @@ class Driver:
 def streamed(
     pcm: bytes, start: dict[str, Any] | None = None, chunk_bytes: int | Iterable[int] = 3200
 ) -> Driver:
-    """A whole session: start, all the audio, stop; the worker answers everything at once."""
-    d = Driver()
+    """A whole session: start, all the audio, stop; the worker answers everything at once.
+
+    In real time, at any chunking: the message-rate limit is lifted (one sample a message
+    is 16,000 messages a second)."""
+    d = Driver(limits=SessionLimits(max_messages_per_s=math.inf))
     d.start(**(start or {}))
     d.audio(pcm, chunk_bytes)
     d.stop()
@@ -262,6 +265,7 @@ def test_ready_announces_the_capabilities_the_session_enforces(text: bool) -> No
         "max_pending_segments": 32,
         "max_windows_per_s": 3.0,
         "windows_burst": 30.0,
+        "max_messages_per_s": 500.0,
     }
     # ... and they are the ones it applies: text as announced, the announced message size
     asks_text = Driver(limits=limits, text_available=text)
