@@ -275,6 +275,12 @@ class ServerSession:
     def audio_seconds(self) -> float:
         return self._vad.position / SAMPLE_RATE if self._vad else 0.0
 
+    @property
+    def open_segment(self) -> int | None:
+        """The index of the segment the VAD has open (speech going on), None between
+        segments: what a flush would close (adapters mark that segment's result)."""
+        return self._open_index if self._vad is not None and self._vad.in_speech else None
+
     # -- protocol steps ------------------------------------------------------------------
 
     def _start(self, options: StartOptions) -> list[Action]:

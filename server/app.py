@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import itertools
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -23,6 +26,14 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from ichigo_stream.errors import CloseCode, IchigoStreamError, ProtocolError
+from ichigo_stream.listen_protocol import (
+    LISTEN_PATH,
+    LISTEN_SUBPROTOCOL,
+    ListenQueryError,
+    bad_request_body,
+    parse_listen_query,
+)
+from ichigo_stream.listen_session import ListenSession
 from ichigo_stream.loading import ModelInfo
 from ichigo_stream.messages import Capabilities
 from ichigo_stream.model import IchigoTokenizer
@@ -53,6 +64,7 @@ CONTENT_TYPES = {
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css",
 }
+JSON_TYPE = "application/json"
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 FORCE_CLOSE_S = 1.0  # on a forced exit, how long a client may take to answer the close frame
@@ -84,6 +96,21 @@ def _v1_session(context: SessionContext) -> SessionMachine:
     )
 
 
+def _listen_session(context: SessionContext) -> SessionMachine:
+    # The query was checked before the upgrade (StreamServer._check_listen_query): it parses.
+    options = parse_listen_query(context.query, text_available=context.capabilities.text)
+    return ListenSession(
+        context.session_id,
+        context.model,
+        context.capabilities,
+        context.now,
+        options,
+        request_id=str(uuid.uuid4()),
+        created=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        vad_defaults=context.vad_defaults,
+    )
+
+
 class _Connection:
     def __init__(self, ws: ServerConnection, session: SessionMachine) -> None:
         self.ws = ws
@@ -105,7 +132,12 @@ class StreamServer:
         )
         self.connections: dict[str, _Connection] = {}
         # WebSocket endpoints by path, all with the same auth, limits, VAD and worker.
-        self.endpoints: dict[str, EndpointFactory] = {STREAM_PATH: _v1_session}
+        self.endpoints: dict[str, EndpointFactory] = {
+            STREAM_PATH: _v1_session,
+            LISTEN_PATH: _listen_session,
+        }
+        # The subprotocol an endpoint answers when a browser offers it (with its key).
+        self.subprotocols: dict[str, str] = {LISTEN_PATH: LISTEN_SUBPROTOCOL}
         self._server: Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -132,6 +164,7 @@ class StreamServer:
                 max_size=4 * limit + 1024,
                 ssl=listener.tls if listener is not None else tls_context(self.config),
                 compression=None,  # PCM does not compress; deflate would only cost CPU
+                select_subprotocol=self._select_subprotocol,
             )
         except OSError as e:
             raise IchigoStreamError(
@@ -215,6 +248,8 @@ class StreamServer:
                 )
                 response.headers["WWW-Authenticate"] = 'Bearer realm="ichigo-stream"'
                 return response
+            if url.path == LISTEN_PATH:
+                return self._check_listen_query(url.query)
             return None  # go on with the WebSocket handshake
         if url.path == "/healthz":
             healthy = self.worker.healthy() and not self.draining
@@ -242,10 +277,31 @@ class StreamServer:
         expected = self.config.token.encode()
         header = request.headers.get("Authorization", "")
         scheme, _, credential = header.partition(" ")
-        candidates = [credential] if scheme.lower() == "bearer" else []
+        # "Token <key>" is Deepgram's scheme; browsers send ["token", <key>] as subprotocols.
+        candidates = [credential] if scheme.lower() in ("bearer", "token") else []
         candidates += parse_qs(query).get("token", [])
+        offered = [
+            p.strip()
+            for value in request.headers.get_all("Sec-WebSocket-Protocol")
+            for p in value.split(",")
+        ]
+        candidates += [key for marker, key in itertools.pairwise(offered) if marker == "token"]
         # Constant-time comparison: the token must not leak through response timing.
         return any(hmac.compare_digest(c.encode(), expected) for c in candidates)
+
+    def _check_listen_query(self, query: str) -> Response | None:
+        """Deepgram refuses a bad query before the upgrade: HTTP 400 with its error body."""
+        try:
+            parse_listen_query(query, text_available=self.config.text)
+        except ListenQueryError as e:
+            return _response(400, bad_request_body(str(e), str(uuid.uuid4())), JSON_TYPE)
+        return None
+
+    def _select_subprotocol(
+        self, connection: ServerConnection, offered: Sequence[str]
+    ) -> str | None:
+        wanted = self.subprotocols.get(urlsplit(connection.request.path).path)
+        return wanted if wanted in offered else None
 
     def _render_metrics(self, *, openmetrics: bool = False) -> str:
         stats = self.worker.stats_snapshot()
@@ -394,7 +450,7 @@ class StreamServer:
 def _response(status: int, body: str, content_type: str) -> Response:
     data = body.encode()
     headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(data)))])
-    return Response(status, "OK" if status == 200 else "", headers, data)
+    return Response(status, HTTPStatus(status).phrase, headers, data)
 
 
 @contextlib.asynccontextmanager
