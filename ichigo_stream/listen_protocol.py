@@ -154,10 +154,14 @@ def parse_listen_query(query: str, *, text_available: bool) -> ListenOptions:
         utterance_end_ms = _int(raw, "utterance_end_ms", 0)
         if not MIN_UTTERANCE_END_MS <= utterance_end_ms <= MAX_VAD_MS:
             raise _invalid("utterance_end_ms", raw["utterance_end_ms"])
+    interim_results = _bool(raw, "interim_results", False)
+    vad_events = _bool(raw, "vad_events", False)
+    language = _language(raw.get("language"))
     ichigo_tokens = _bool(raw, "ichigo_tokens", False)
     llm_format = raw.get("ichigo_llm_format") or None
     if llm_format is not None and llm_format not in LLM_FORMATS:
         raise _invalid("ichigo_llm_format", llm_format)
+    # Last: a query with a bad option hears about that option first.
     if not text_available and not ichigo_tokens:
         raise ListenQueryError(
             "This server runs without --text, so Results would carry no transcript: "
@@ -166,12 +170,12 @@ def parse_listen_query(query: str, *, text_available: bool) -> ListenOptions:
     return ListenOptions(
         sample_rate=sample_rate,
         channels=channels,
-        interim_results=_bool(raw, "interim_results", False),
+        interim_results=interim_results,
         endpointing=endpointing,
         endpointing_ms=endpointing_ms,
         utterance_end_ms=utterance_end_ms,
-        vad_events=_bool(raw, "vad_events", False),
-        language=_language(raw.get("language")),
+        vad_events=vad_events,
+        language=language,
         model=raw.get("model") or None,
         ichigo_tokens=ichigo_tokens,
         ichigo_llm_format=llm_format,

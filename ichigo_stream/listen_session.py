@@ -92,7 +92,6 @@ class ListenSession:
         self._close_override: tuple[int, str] | None = None
         self._fatal_code: str | None = None  # the v1 code of the fatal error, once sent
         self._cut_by_stop: int | None = None  # the segment CloseStream (or a drain) closed
-        self._open_index = -1  # the newest segment whose speech started
         self._starts: dict[int, float] = {}  # speech start (s) by segment, until its Results
         self._finalized: set[int] = set()  # segments closed by Finalize
         self._interim: dict[int, str] = {}  # the last interim transcript by segment
@@ -179,7 +178,6 @@ class ListenSession:
     def _close_stream(self, now: float) -> list[Action]:
         self.state = "closing"
         self._cut_by_stop = self._inner.open_segment
-        self._utterance_end = None  # the stream ends: Metadata is what comes last
         return self._step(self._inner.handle(Stop(), now))
 
     def _fail(
@@ -197,12 +195,19 @@ class ListenSession:
     def _step(self, inner: list[Action]) -> list[Action]:
         """Translate the inner session's actions, then send an UtteranceEnd that fell due."""
         actions = self._translate(inner)
-        due = self._utterance_end
-        if due is not None and self.state == "streaming" and self.audio_seconds >= due[0]:
-            self._utterance_end = None
-            if self.options.utterance_end_ms is not None:
-                actions.append(Send(UtteranceEnd(due[1])))
+        if self.state != "closed":
+            actions += self._due_utterance_end()
         return actions
+
+    def _due_utterance_end(self) -> list[Action]:
+        """UtteranceEnd once the audio holds utterance_end_ms of non-speech after the last
+        final segment: judged on the audio's timeline, so however late the model's results
+        come (even after CloseStream), the same gaps get one."""
+        pending = self._utterance_end
+        if pending is None or self.audio_seconds < pending[0]:
+            return []
+        self._utterance_end = None
+        return [Send(UtteranceEnd(pending[1]))]
 
     def _translate(self, inner: list[Action], schema_message: str | None = None) -> list[Action]:
         out: list[Action] = []
@@ -225,10 +230,15 @@ class ListenSession:
         if isinstance(message, Ready):
             return []
         if isinstance(message, SpeechStart):
-            self._open_index = max(self._open_index, message.segment)
+            out: list[Action] = []
+            pending = self._utterance_end
+            if pending is not None and message.start >= pending[0]:
+                out.append(Send(UtteranceEnd(pending[1])))  # the gap was long enough
+            self._utterance_end = None
             self._starts[message.segment] = message.start
-            self._utterance_end = None  # speech again: the utterance goes on
-            return [Send(SpeechStarted(message.start))] if self.options.vad_events else []
+            if self.options.vad_events:
+                out.append(Send(SpeechStarted(message.start)))
+            return out
         if isinstance(message, Partial):
             return self._interim_results(message)
         if isinstance(message, Segment):
@@ -304,11 +314,13 @@ class ListenSession:
             model=self.model,
             ichigo=ichigo,
         )
-        if (
-            self.options.utterance_end_ms is not None
-            and self.state == "streaming"
-            and self._open_index <= index  # no newer speech has started
-        ):
+        out: list[Action] = [Send(results)]
+        if self.options.utterance_end_ms is not None:
             due = segment.end + self.options.utterance_end_ms / 1000
-            self._utterance_end = (due, segment.end)
-        return [Send(results)]
+            next_start = self._starts.get(index + 1)
+            if next_start is None:  # no speech since: wait for the audio to reach `due`
+                self._utterance_end = (due, segment.end)
+                out += self._due_utterance_end()
+            elif next_start >= due:  # speech came back, but only after the gap
+                out.append(Send(UtteranceEnd(segment.end)))
+        return out

@@ -238,3 +238,9 @@ def test_the_other_server_messages() -> None:
     }  # fmt: skip
     assert json.loads(Error("bad_audio", "odd").to_json())["variant"] == "DataError"
     assert json.loads(Error("internal", "x", segment=3).to_json())["segment"] == 3
+
+
+@pytest.mark.parametrize("query", ["interim_results=maybe", "vad_events=2", "language=e"])
+def test_a_bad_option_is_named_before_the_missing_text(query: str) -> None:
+    with pytest.raises(ListenQueryError, match="Invalid"):
+        parse(query, text_available=False)

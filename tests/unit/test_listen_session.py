@@ -62,6 +62,8 @@ class Driver:
     cancelled: list[Job] = field(default_factory=list)
     closed: Close | None = None
     fail_segment: int | None = None  # the model fails this segment's final job
+    hold: bool = False  # jobs wait in `held` until release(): a slow model
+    held: list[Job] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         options = parse_listen_query(self.query, text_available=self.text_available)
@@ -85,6 +87,9 @@ class Driver:
             else:
                 assert isinstance(action, Close)
                 self.closed = action
+        if self.hold:
+            self.held += jobs
+            return
         for job in jobs:  # results arrive as later events, as from the real worker
             if self.closed is not None:
                 break
@@ -92,6 +97,13 @@ class Driver:
             if job.kind == "final" and job.segment == self.fail_segment:
                 result = JobResult(error="the model failed")
             self.apply(self.session.job_done(job, result, self.now))
+
+    def release(self) -> None:
+        """The slow model catches up: every held job's result, in order."""
+        self.hold, jobs, self.held = False, self.held, []
+        for job in jobs:
+            if job not in self.cancelled and self.closed is None:
+                self.apply(self.session.job_done(job, fake_result(job), self.now))
 
     def audio(self, pcm: bytes, chunk: int = 3200) -> None:
         for at in range(0, len(pcm), chunk):
@@ -222,6 +234,22 @@ def test_interim_results_carry_the_growing_caption(pcm: bytes) -> None:
         assert texts and texts[-1], f"no interim text for the segment at {final['start']}"
         for shorter, longer in zip(texts, [*texts[1:], transcript(final)], strict=True):
             assert longer.startswith(shorter)
+
+
+def test_utterance_end_follows_the_audio_however_late_the_results(pcm: bytes) -> None:
+    prompt = Driver("utterance_end_ms=1000")
+    prompt.audio(pcm)
+    prompt.control("CloseStream")
+    late = Driver("utterance_end_ms=1000", hold=True)
+    late.audio(pcm)
+    held = late.session.receive(json.dumps({"type": "CloseStream"}), late.now)
+    late.apply(held)
+    assert not late.sent  # every result still to come
+    late.release()
+    assert [m["type"] for m in late.sent] == [m["type"] for m in prompt.sent] == [
+        "Results", "UtteranceEnd", "Results", "Results", "UtteranceEnd", "Metadata"
+    ]
+    assert late.sent == prompt.sent
 
 
 def test_events_only_when_asked(pcm: bytes) -> None:
