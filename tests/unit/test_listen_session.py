@@ -246,9 +246,11 @@ def test_utterance_end_follows_the_audio_however_late_the_results(pcm: bytes) ->
     late.apply(held)
     assert not late.sent  # every result still to come
     late.release()
-    assert [m["type"] for m in late.sent] == [m["type"] for m in prompt.sent] == [
-        "Results", "UtteranceEnd", "Results", "Results", "UtteranceEnd", "Metadata"
-    ]
+    assert (
+        [m["type"] for m in late.sent]
+        == [m["type"] for m in prompt.sent]
+        == ["Results", "UtteranceEnd", "Results", "Results", "UtteranceEnd", "Metadata"]
+    )
     assert late.sent == prompt.sent
 
 
