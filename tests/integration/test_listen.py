@@ -449,3 +449,27 @@ def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("NO_PROXY", "*")
     monkeypatch.setenv("no_proxy", "*")
     yield
+
+
+@pytest.mark.timeout(60)
+def test_keep_alive_holds_an_idle_session_and_silence_ends_it(model: Model) -> None:
+    """Deepgram's NET-0001: neither audio nor KeepAlive within the idle timeout."""
+    limits = SessionLimits(max_message_bytes=LIMITS.max_message_bytes, idle_timeout_s=1.5)
+
+    async def main() -> tuple[float, Any]:
+        async with serve(model, text=False, limits=limits) as server:
+            client = await _listen_client(server.port, "ichigo_tokens=true")
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            while loop.time() - started < 4.0:  # well past the timeout, kept alive
+                await client.send_json({"type": "KeepAlive"})
+                await asyncio.sleep(0.3)
+            assert not client.closed, client.outcome().summary()
+            quiet_since = loop.time()
+            outcome = await client.finish(timeout=30)
+            return loop.time() - quiet_since, outcome
+
+    waited, outcome = asyncio.run(main())
+    assert (outcome.close_code, outcome.close_reason) == (1011, "NET-0001"), outcome.summary()
+    assert outcome.messages[-1]["variant"] == "LimitError"
+    assert 1.5 <= waited < 20
