@@ -38,34 +38,6 @@ LINEAR16 = "linear16"
 # Deepgram refuses an utterance_end_ms below a second (its interim results come about once
 # a second, so a shorter gap could never be seen); we refuse the same values.
 MIN_UTTERANCE_END_MS = 1000
-# The query options Deepgram defines that we accept and ignore (see docs/protocol.md for why).
-IGNORED_OPTIONS = frozenset(
-    {
-        "model",
-        "version",
-        "punctuate",
-        "smart_format",
-        "diarize",
-        "diarize_model",
-        "dictation",
-        "numerals",
-        "profanity_filter",
-        "filler_words",
-        "redact",
-        "replace",
-        "search",
-        "keywords",
-        "keyterm",
-        "tag",
-        "extra",
-        "mip_opt_out",
-        "detect_entities",
-        "no_delay",
-        "language_hint",
-        "callback",
-        "callback_method",
-    }
-)
 
 
 class ListenQueryError(ValueError):
