@@ -15,18 +15,17 @@ import hashlib
 import uuid
 
 from .errors import CloseCode, ProtocolError
-from .listen_protocol import (
+from .listen_messages import (
     ConfigureFailure,
     Error,
     IchigoTokens,
-    ListenOptions,
     Metadata,
     ModelFields,
     Results,
     SpeechStarted,
     UtteranceEnd,
-    parse_control,
 )
+from .listen_protocol import ListenOptions, parse_control
 from .messages import (
     Audio,
     Capabilities,

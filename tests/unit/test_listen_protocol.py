@@ -1,5 +1,5 @@
-"""The /v1/listen query and messages (listen_protocol), sans-I/O: what Deepgram clients send
-in the URL and as control messages, and the JSON our server messages become."""
+"""The /v1/listen query and messages (listen_protocol, listen_messages), sans-I/O: what
+Deepgram clients send in the URL and as control messages, and the JSON our messages become."""
 
 from __future__ import annotations
 
@@ -9,18 +9,20 @@ from dataclasses import replace
 import pytest
 
 from ichigo_stream.errors import ProtocolError
-from ichigo_stream.listen_protocol import (
+from ichigo_stream.listen_messages import (
     Error,
     IchigoTokens,
-    ListenOptions,
-    ListenQueryError,
     Metadata,
     ModelFields,
     Results,
     SpeechStarted,
     UtteranceEnd,
-    bad_request_body,
     coarse_words,
+)
+from ichigo_stream.listen_protocol import (
+    ListenOptions,
+    ListenQueryError,
+    bad_request_body,
     parse_control,
     parse_listen_query,
 )
