@@ -179,18 +179,24 @@ class ServerSession:
             return []
         self.last_message_at = now
         try:
-            # Before anything else, parsing included: a flood costs a counter, no more.
-            self._message_rate.count(len(data), now)
-            size = _size_in_bytes(data, self.limits.max_message_bytes)
-            if size > self.limits.max_message_bytes:
-                raise ProtocolError(
-                    "too_large",
-                    f"message of {size} bytes exceeds {self.limits.max_message_bytes}",
-                )
+            self.admit(data, now)
             message = parse_client_message(data, vad_defaults=self.vad_defaults)
         except ProtocolError as e:
             return self.fail(e)
         return self.handle(message, now)
+
+    def admit(self, data: str | bytes, now: float) -> None:
+        """The checks every raw message passes before it is parsed, whatever protocol the
+        connection speaks (the adapters call it too): the message rate, then the size.
+        Raises ProtocolError ("too_fast", "too_large")."""
+        # Before anything else, parsing included: a flood costs a counter, no more.
+        self._message_rate.count(len(data), now)
+        size = _size_in_bytes(data, self.limits.max_message_bytes)
+        if size > self.limits.max_message_bytes:
+            raise ProtocolError(
+                "too_large",
+                f"message of {size} bytes exceeds {self.limits.max_message_bytes}",
+            )
 
     def handle(self, message: ClientMessage, now: float) -> list[Action]:
         """One parsed client message: the typed entry point that receive() feeds, and that
@@ -280,6 +286,12 @@ class ServerSession:
     @property
     def audio_seconds(self) -> float:
         return self._vad.position / SAMPLE_RATE if self._vad else 0.0
+
+    @property
+    def open_segment(self) -> int | None:
+        """The index of the segment the VAD has open (speech going on), None between
+        segments: what a flush would close (adapters mark that segment's result)."""
+        return self._open_index if self._vad is not None and self._vad.in_speech else None
 
     # -- protocol steps ------------------------------------------------------------------
 

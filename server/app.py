@@ -11,14 +11,24 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 
 from ichigo_stream.errors import CloseCode, IchigoStreamError, ProtocolError
+from ichigo_stream.listen_protocol import (
+    LISTEN_PATH,
+    LISTEN_SUBPROTOCOL,
+    ListenQueryError,
+    bad_request_body,
+    parse_listen_query,
+)
+from ichigo_stream.listen_session import ListenSession
 from ichigo_stream.loading import ModelInfo
 from ichigo_stream.messages import Capabilities
 from ichigo_stream.model import IchigoTokenizer
@@ -40,10 +50,11 @@ from ichigo_stream.session import (
 from .config import ServerConfig
 from .listener import Listener, tls_context
 from .metrics import ServerMetrics
-from .routes import SERVER_HEADER, HttpRoutes, websockets_logger
+from .routes import SERVER_HEADER, HttpRoutes, response, websockets_logger
 from .worker import ModelWorker
 
 log = logging.getLogger("ichigo_stream.server")
+JSON_TYPE = "application/json"
 FORCE_CLOSE_S = 1.0  # on a forced exit, how long a client may take to answer the close frame
 # Of the drain timeout, what is kept for closing the sessions still open at its end (each
 # client's answer to the close frame), so that the whole drain stays within the option:
@@ -77,6 +88,21 @@ def _v1_session(context: SessionContext) -> SessionMachine:
     )
 
 
+def _listen_session(context: SessionContext) -> SessionMachine:
+    # The query was checked before the upgrade (StreamServer._check_listen_query): it parses.
+    options = parse_listen_query(context.query, text_available=context.capabilities.text)
+    return ListenSession(
+        context.session_id,
+        context.model,
+        context.capabilities,
+        context.now,
+        options,
+        request_id=str(uuid.uuid4()),
+        created=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        vad_defaults=context.vad_defaults,
+    )
+
+
 class _Connection:
     def __init__(self, ws: ServerConnection, session: SessionMachine) -> None:
         self.ws = ws
@@ -100,7 +126,12 @@ class StreamServer:
         )
         self.connections: dict[str, _Connection] = {}
         # WebSocket endpoints by path, all with the same auth, limits, VAD and worker.
-        self.endpoints: dict[str, EndpointFactory] = {STREAM_PATH: _v1_session}
+        self.endpoints: dict[str, EndpointFactory] = {
+            STREAM_PATH: _v1_session,
+            LISTEN_PATH: _listen_session,
+        }
+        # The subprotocol an endpoint answers when a browser offers it (with its key).
+        self.subprotocols: dict[str, str] = {LISTEN_PATH: LISTEN_SUBPROTOCOL}
         self._server: Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -116,6 +147,7 @@ class StreamServer:
                 self.worker.healthy() and not self.draining and self.worker.admits_sessions
             ),
             metrics=lambda openmetrics: self._render_metrics(openmetrics=openmetrics),
+            upgrade_checks={LISTEN_PATH: self._check_listen_query},
         )
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -141,6 +173,7 @@ class StreamServer:
                 max_size=4 * limit + 1024,
                 ssl=listener.tls if listener is not None else tls_context(self.config),
                 compression=None,  # PCM does not compress; deflate would only cost CPU
+                select_subprotocol=self._select_subprotocol,
             )
         except OSError as e:
             raise IchigoStreamError(
@@ -217,6 +250,21 @@ class StreamServer:
             conn.ws.transport.abort()  # no-op for a connection that is already closed
 
     # -- HTTP on the same port: server/routes.py --------------------------------------
+
+    def _check_listen_query(self, request: Request) -> Response | None:
+        """Deepgram refuses a bad query before the upgrade: HTTP 400 with its error body."""
+        try:
+            parse_listen_query(urlsplit(request.path).query, text_available=self.config.text)
+        except ListenQueryError as e:
+            body = bad_request_body(str(e), str(uuid.uuid4()))
+            return response(400, body, JSON_TYPE)
+        return None
+
+    def _select_subprotocol(
+        self, connection: ServerConnection, offered: Sequence[str]
+    ) -> str | None:
+        wanted = self.subprotocols.get(urlsplit(connection.request.path).path)
+        return wanted if wanted in offered else None
 
     def _render_metrics(self, *, openmetrics: bool = False) -> str:
         stats = self.worker.stats_snapshot()

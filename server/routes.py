@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import email.utils
 import hmac
+import itertools
 import logging
 import time
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Mapping
 from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -55,6 +56,8 @@ SECURITY_HEADERS = (
     ("X-Frame-Options", "DENY"),
     ("Referrer-Policy", "no-referrer"),
 )
+# OpenAI's browser form of the API key: a subprotocol, as a page cannot set headers.
+OPENAI_KEY_SUBPROTOCOL = "openai-insecure-api-key."
 SERVER_HEADER = "ichigo-stream"  # websockets' default names the Python and websockets versions
 LOG_EVERY_S = 10.0
 QUOTE_CHARS = 80  # of a request's path, in a log line
@@ -160,8 +163,11 @@ def response(
     return Response(status, HTTPStatus(status).phrase, all_headers, b"" if head else data)
 
 
-def bearer_credentials(request: Request) -> list[str]:
-    """The tokens a request presents: `Authorization: Bearer X` and every `?token=X`.
+def presented_credentials(request: Request) -> list[str]:
+    """The tokens a request presents, in every form the endpoints' own clients use:
+    `Authorization: Bearer X` (ours, OpenAI's) or `Token X` (Deepgram's), `?token=X`
+    (browsers), and the subprotocols browsers offer for lack of headers: `token`, `X`
+    (Deepgram's) and `openai-insecure-api-key.X` (OpenAI's).
 
     Several Authorization headers are a BadRequest (which one would count?)."""
     values = request.headers.get_all("Authorization")
@@ -170,9 +176,20 @@ def bearer_credentials(request: Request) -> list[str]:
     candidates = []
     if values:
         scheme, _, credential = values[0].partition(" ")
-        if scheme.lower() == "bearer":
+        if scheme.lower() in ("bearer", "token"):
             candidates.append(credential)
     candidates += parse_qs(urlsplit(request.path).query).get("token", [])
+    offered = [
+        p.strip()
+        for value in request.headers.get_all("Sec-WebSocket-Protocol")
+        for p in value.split(",")
+    ]
+    candidates += [key for marker, key in itertools.pairwise(offered) if marker == "token"]
+    candidates += [
+        p.removeprefix(OPENAI_KEY_SUBPROTOCOL)
+        for p in offered
+        if p.startswith(OPENAI_KEY_SUBPROTOCOL)
+    ]
     return candidates
 
 
@@ -182,7 +199,7 @@ def token_matches(request: Request, token: str) -> bool:
     return any(
         # Header values come decoded with surrogateescape: encode them back the same way.
         hmac.compare_digest(c.encode("utf-8", "surrogateescape"), expected)
-        for c in bearer_credentials(request)
+        for c in presented_credentials(request)
     )
 
 
@@ -222,8 +239,12 @@ class HttpRoutes:
         live: Callable[[], bool],
         ready: Callable[[], bool],
         metrics: Callable[[bool], str],
+        upgrade_checks: Mapping[str, Callable[[Request], Response | None]] | None = None,
     ) -> None:
         self.token = token
+        # By path: what an endpoint checks of an authorized upgrade before the handshake
+        # (e.g. /v1/listen's query: Deepgram answers a bad one with HTTP 400).
+        self.upgrade_checks = upgrade_checks if upgrade_checks is not None else {}
         self.metrics_token = metrics_token if metrics_token is not None else token
         self.websocket_paths = websocket_paths
         self.live = live
@@ -252,6 +273,8 @@ class HttpRoutes:
                 # What a GET without an upgrade gets from websockets, without its body.
                 upgrade = (("Upgrade", "websocket"),)
                 return response(426, "a WebSocket endpoint\n", head=True, headers=upgrade)
+            if refusal is None and (check := self.upgrade_checks.get(path)) is not None:
+                return check(request)
             return refusal  # None: on with the handshake
         if path in ("/livez", "/healthz"):
             live = self.live()
