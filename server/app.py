@@ -28,6 +28,8 @@ from ichigo_stream.messages import Capabilities
 from ichigo_stream.model import IchigoTokenizer
 from ichigo_stream.pipeline import default_batch_size
 from ichigo_stream.protocol import STREAM_PATH
+from ichigo_stream.realtime import RealtimeSession
+from ichigo_stream.realtime_events import REALTIME_PATH
 from ichigo_stream.segmentation import VadOptions
 from ichigo_stream.session import (
     Action,
@@ -55,6 +57,10 @@ CONTENT_TYPES = {
 }
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+# Subprotocols the handshake answers when a client offers them: browsers cannot send headers,
+# so OpenAI's browser clients offer "realtime" with the key as "openai-insecure-api-key.<key>".
+ANSWERED_SUBPROTOCOLS = ("realtime",)
+KEY_SUBPROTOCOL_PREFIXES = ("openai-insecure-api-key.",)
 FORCE_CLOSE_S = 1.0  # on a forced exit, how long a client may take to answer the close frame
 
 
@@ -84,6 +90,21 @@ def _v1_session(context: SessionContext) -> SessionMachine:
     )
 
 
+def _realtime_session(context: SessionContext) -> SessionMachine:
+    return RealtimeSession(
+        context.session_id,
+        context.model,
+        context.capabilities,
+        context.now,
+        vad_defaults=context.vad_defaults,
+    )
+
+
+def _select_subprotocol(connection: ServerConnection, offered: list[str]) -> str | None:
+    """The first answered subprotocol the client offers; none (not a refusal) otherwise."""
+    return next((p for p in ANSWERED_SUBPROTOCOLS if p in offered), None)
+
+
 class _Connection:
     def __init__(self, ws: ServerConnection, session: SessionMachine) -> None:
         self.ws = ws
@@ -105,7 +126,10 @@ class StreamServer:
         )
         self.connections: dict[str, _Connection] = {}
         # WebSocket endpoints by path, all with the same auth, limits, VAD and worker.
-        self.endpoints: dict[str, EndpointFactory] = {STREAM_PATH: _v1_session}
+        self.endpoints: dict[str, EndpointFactory] = {
+            STREAM_PATH: _v1_session,
+            REALTIME_PATH: _realtime_session,
+        }
         self._server: Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -128,6 +152,7 @@ class StreamServer:
                 self._handle,
                 **where,
                 process_request=self._http,
+                select_subprotocol=_select_subprotocol,
                 # Our own size check answers with an error message first; this is the hard stop.
                 max_size=4 * limit + 1024,
                 ssl=listener.tls if listener is not None else tls_context(self.config),
@@ -244,6 +269,13 @@ class StreamServer:
         scheme, _, credential = header.partition(" ")
         candidates = [credential] if scheme.lower() == "bearer" else []
         candidates += parse_qs(query).get("token", [])
+        for offered in request.headers.get_all("Sec-WebSocket-Protocol"):
+            for protocol in offered.split(","):
+                prefix = next(
+                    (p for p in KEY_SUBPROTOCOL_PREFIXES if protocol.strip().startswith(p)), None
+                )
+                if prefix is not None:
+                    candidates.append(protocol.strip()[len(prefix) :])
         # Constant-time comparison: the token must not leak through response timing.
         return any(hmac.compare_digest(c.encode(), expected) for c in candidates)
 
@@ -298,6 +330,10 @@ class StreamServer:
         self.connections[session.id] = conn
         self.metrics.sessions_total += 1
         writer = asyncio.create_task(self._write(conn))
+        # Protocols whose server speaks first (OpenAI's session.created) say so here.
+        opened = getattr(session, "opened", None)
+        if opened is not None:
+            self._act(conn, opened, now)
         try:
             async for message in ws:
                 self._act(conn, session.receive, message, self._loop.time())
