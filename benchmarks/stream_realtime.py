@@ -114,9 +114,9 @@ async def run_realtime_session(spec: LoadSpec, index: int, pcm: np.ndarray, offs
         elif kind == DELTA:
             item.setdefault("first_delta", arrival)
         elif kind in (COMPLETED, FAILED):
-            counts["answered"] += 1
             item["completed"] = arrival
             if kind == FAILED:
+                counts["answered"] += 1  # its tokens may never come: an error of the run
                 rec["errors"].append(f"failed: {event.get('error')}")
         elif kind == "ichigo.tokens.completed":
             stopped = item.get("stopped", arrival)
@@ -130,6 +130,8 @@ async def run_realtime_session(spec: LoadSpec, index: int, pcm: np.ndarray, offs
                 endpoint_ms=(arrival - stopped) * 1000,
             )
             counts["segments"] += 1
+            # An item is answered with its tokens, the last of its events (after completed).
+            counts["answered"] += 1
             messages.append((arrival, segment))
         elif kind == "error":
             error = event.get("error", {})
