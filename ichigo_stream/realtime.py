@@ -304,10 +304,9 @@ class RealtimeSession:
                     out += self._failed(failures.pop(message.segment))
             elif isinstance(message, ErrorMessage):
                 out += self._announce_closed(None)
-                kind = "server_error" if message.code in SERVER_ERROR_CODES else None
-                fields = error_fields(message.code, message.message, None, None)
-                if kind:
-                    fields["error"]["type"] = kind
+                server = message.code in SERVER_ERROR_CODES
+                kind = "server_error" if server else "invalid_request_error"
+                fields = error_fields(message.code, message.message, kind=kind)
                 out.append(self._event("error", **fields))
             elif not isinstance(message, Ready | Done):
                 raise AssertionError(f"unexpected v1 message {message!r}")

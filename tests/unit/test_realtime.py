@@ -21,7 +21,7 @@ import soundfile as sf
 
 from ichigo_stream.assets import sample_path
 from ichigo_stream.audio import resample
-from ichigo_stream.errors import CloseCode
+from ichigo_stream.errors import CloseCode, ProtocolError
 from ichigo_stream.messages import Capabilities
 from ichigo_stream.model_info import ModelInfo
 from ichigo_stream.realtime import RealtimeSession
@@ -535,3 +535,12 @@ def test_shutdown_finishes_the_open_item(sample24: bytes) -> None:
     d.apply(d.session.shutdown(d.now))
     assert len(d.of_type("conversation.item.input_audio_transcription.completed")) == 1
     assert d.closed is not None and d.closed.code == CloseCode.NORMAL
+
+
+def test_a_server_fault_is_a_server_error() -> None:
+    d = Driver()
+    d.apply(d.session.fail(ProtocolError("internal", "internal server error")))
+    (error,) = d.of_type("error")
+    assert error["error"]["type"] == "server_error" and error["error"]["code"] == "internal"
+    assert d.closed is not None and d.closed.code == CloseCode.INTERNAL_ERROR
+    assert d.session.receive('{"type": "input_audio_buffer.clear"}', 1.0) == []
