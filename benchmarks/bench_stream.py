@@ -109,6 +109,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--speed", type=float, default=1.0, help="times real time")
     g.add_argument("--chunk-ms", type=int, default=20)
     g.add_argument("--partials", choices=("off", "on", "both"), default="off")
+    g.add_argument(
+        "--protocol",
+        choices=("stream", "realtime", "both"),
+        default="stream",
+        help="the endpoint the sessions use: /v1/stream, /v1/realtime (OpenAI Realtime "
+        "transcription events), or each run on both",
+    )
+    g.add_argument(
+        "--text",
+        action="store_true",
+        help="ask for text (a server started here gets --text; a --url server needs it)",
+    )
     g.add_argument("--partial-interval-ms", type=int, default=500)
     g.add_argument("--stagger", type=float, default=5.0, help="start offsets uniform in [0, s)")
     g.add_argument(
@@ -149,6 +161,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         random_size(args.random)
     except ValueError as e:
         p.error(f"--random {e}")
+    if args.protocol != "stream" and args.tail_ms is not None:
+        p.error("--tail-ms has no /v1/realtime equivalent (the server derives the tail)")
     if any("=" not in kv for kv in args.server_env):
         p.error("--server-env takes KEY=VALUE")
     try:  # before starting anything
@@ -198,7 +212,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], dict]:
                 dtype=args.dtype,
                 max_sessions=max(counts) + 16,
                 max_batch=args.max_batch,
-                extra_args=tuple(args.server_arg),
+                extra_args=(*args.server_arg, *(["--text"] if args.text else [])),
                 env=tuple(tuple(kv.split("=", 1)) for kv in args.server_env),
                 start_timeout_s=args.startup_timeout,
             )
@@ -232,10 +246,12 @@ def run(args: argparse.Namespace) -> tuple[list[dict], dict]:
             seed=args.seed,
             vad=vad,
             lag_limit_ms=args.lag_limit_ms,
+            text=args.text,
         )
         sweep = SweepOptions(
             counts=tuple(counts),
             partials=modes,
+            protocols=("stream", "realtime") if args.protocol == "both" else (args.protocol,),
             procs=args.procs,
             device=args.device,
             p95_bar_ms=args.p95_bar_ms,

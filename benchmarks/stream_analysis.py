@@ -11,6 +11,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from stream_realtime import realtime_latencies
 
 from ichigo_stream.constants import SAMPLE_RATE
 from ichigo_stream.segmentation import Span, segment_vad
@@ -57,6 +58,8 @@ def analyse_session(rec: dict, pcm: np.ndarray, spec: LoadSpec) -> dict:
         expected = [s for s in segment_vad(pcm[: n_sent * chunk], opts) if s.reason != "finish"]
     segments, partials, errors = [], [], list(rec["errors"])
     speech_starts, done, done_at = 0, None, None
+    # /v1/realtime's own figures (stream_realtime): per item, first delta and completed.
+    first_delta, after_stop = realtime_latencies(rec.pop("realtime", {}), sent_at)
     for arrival, msg in rec.pop("messages"):
         kind = msg.get("type")
         if kind == "segment":
@@ -117,6 +120,8 @@ def analyse_session(rec: dict, pcm: np.ndarray, spec: LoadSpec) -> dict:
         partials=len(partials),
         partial_latency_ms=percentiles([p for p in partials if not math.isnan(p)]),
         done_ms=done_ms,
+        first_delta_ms=first_delta,
+        completed_after_stop_ms=after_stop,
         errors=errors,
         segments=rows,
         worst_lag_ms=worst,
@@ -157,6 +162,8 @@ def summarise(
     done = [s["done_ms"] for s in sessions if s["done_ms"] is not None]
     result = dict(
         sessions_n=n,
+        protocol=spec.protocol,
+        text=spec.text,
         partials=spec.partials,
         model=next((g["model"] for g in groups if g["model"]), None),
         wall_s=wall,
@@ -174,6 +181,10 @@ def summarise(
         endpoint_ms_other=percentiles([r["endpoint_ms"] for r in rows if r["reason"] != "silence"]),
         timeline_lag_ms=percentiles(col("timeline_lag_ms")),
         done_ms=percentiles(done),
+        first_delta_ms=percentiles([x for s in sessions for x in s.pop("first_delta_ms")]),
+        completed_after_stop_ms=percentiles(
+            [x for s in sessions for x in s.pop("completed_after_stop_ms")]
+        ),
         partials_per_session=percentiles([s["partials"] for s in sessions], (50,)),
         partial_latency_ms=percentiles(partial_ms[~np.isnan(partial_ms)]),
         client=dict(

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import speech
 from stream_analysis import analyse_session
+from stream_realtime import run_realtime_session
 from stream_report import log
 
 from ichigo_stream.assets import sample_path
@@ -61,6 +62,8 @@ class LoadSpec:
     seed: int
     vad: dict[str, int] = field(default_factory=dict)
     lag_limit_ms: float = 500.0
+    protocol: str = "stream"  # or "realtime": the same audio on /v1/realtime (stream_realtime)
+    text: bool = False  # ask for text (the server must run with --text)
     connect_timeout_s: float = 60.0
 
     @property
@@ -153,6 +156,8 @@ async def run_session(spec: LoadSpec, index: int, pcm: np.ndarray, offset: float
             }
             if spec.vad:
                 start["vad"] = spec.vad
+            if spec.text:
+                start["text"] = True
             await ws.send(json.dumps(start))
             ready = json.loads(await asyncio.wait_for(ws.recv(), spec.connect_timeout_s))
             t0 = loop.time()
@@ -195,7 +200,8 @@ async def run_group(spec: LoadSpec, indices: list[int]) -> dict:
     loop_lag: list[float] = []
     monitor = asyncio.create_task(_loop_lag_monitor(loop_lag))
     cpu0, t0 = time.process_time(), time.monotonic()
-    records = await asyncio.gather(*(run_session(spec, i, *audios[i]) for i in indices))
+    session = run_realtime_session if spec.protocol == "realtime" else run_session
+    records = await asyncio.gather(*(session(spec, i, *audios[i]) for i in indices))
     cpu1, t1 = time.process_time(), time.monotonic()
     monitor.cancel()
     results = [analyse_session(r, audios[r["index"]][0], spec) for r in records]

@@ -25,7 +25,9 @@ def print_run(r: dict, bar_ms: float | None) -> None:
     c, s = r["client"], r["server"]
     m, cpu = s["metrics"], s["cpu"]
     print(
-        f"\n== {r['sessions_n']} sessions, partials {'on' if r['partials'] else 'off'}, "
+        f"\n== {r['sessions_n']} sessions"
+        f"{' on /v1/realtime' if r['protocol'] == 'realtime' else ''}"
+        f"{', text on' if r['text'] else ''}, partials {'on' if r['partials'] else 'off'}, "
         f"{r['audio_s_per_session']:g} s of audio each, wall {r['wall_s']:.1f} s"
     )
     print(
@@ -42,6 +44,8 @@ def print_run(r: dict, bar_ms: float | None) -> None:
         ("lag behind the audio timeline", "timeline_lag_ms"),
         ("partial end sent -> partial", "partial_latency_ms"),
         ("stop -> done", "done_ms"),
+        ("speech start -> first text delta", "first_delta_ms"),
+        ("speech_stopped -> completed", "completed_after_stop_ms"),
     ):
         st = r[key]
         if st is None:
@@ -140,6 +144,8 @@ def summary_row(r: dict) -> list[str]:
         fmt_pcts(r["endpoint_ms"]),
         fmt_pcts(r["eos_ms"]),
         fmt_pcts(r["decision_ms"]),
+        fmt_pcts(r["first_delta_ms"], ("p50", "p95")),
+        fmt_pcts(r["completed_after_stop_ms"], ("p50", "p95")),
         f"{r['partials_per_session']['p50']:.0f}" if r["partials"] else "-",
         f"{m['batch_mean']:.2f}" if m and m.get("batch_mean") else "-",
         f"{cpu['server_loop_pct']:.0f} / {cpu['server_other_pct']:.0f}"
@@ -149,6 +155,8 @@ def summary_row(r: dict) -> list[str]:
         f"{cpu['others_pct']:.0f}" if "others_pct" in cpu else "-",
         f"{lag['p99']:.1f}" if lag else "-",
         f"{gpu['util_pct']['p50']:.0f}" if gpu else "-",
+        f"/v1/{r['protocol']}",
+        "on" if r["text"] else "off",
     ]
 
 
@@ -160,6 +168,8 @@ SUMMARY_HEADER = [
     "endpoint->segment ms p50/p95/p99",
     "end of speech->segment ms p50/p95/p99",
     "same minus (min_silence-tail) p50/p95/p99",
+    "speech start->first delta ms p50/p95",
+    "speech_stopped->completed ms p50/p95",
     "partials/session",
     "mean batch",
     "server CPU % loop / model",
@@ -167,6 +177,8 @@ SUMMARY_HEADER = [
     "other processes CPU %",
     "client send lag p99 ms",
     "GPU util p50 %",
+    "endpoint",
+    "text",
 ]
 
 

@@ -19,7 +19,8 @@ class SweepOptions:
     """Which runs to make, and what to print after each."""
 
     counts: tuple[int, ...]  # sessions per run
-    partials: tuple[bool, ...]  # each count runs once per value
+    partials: tuple[bool, ...]  # each count runs once per value (on /v1/stream)
+    protocols: tuple[str, ...] = ("stream",)  # "stream" and/or "realtime": each count on each
     procs: int = 0  # client processes; 0: one per 128 sessions, at most half the cores
     device: str = "cpu"  # the server's: GPU utilisation is sampled on cuda
     p95_bar_ms: float | None = None
@@ -69,19 +70,25 @@ async def run_sweep(
 ) -> list[dict]:
     """Every (count, partials) run in turn against the same server; each printed as it ends."""
     results = []
-    for n in sweep.counts:
-        for partials in sweep.partials:
-            spec = replace(base, partials=partials)
-            procs = sweep.procs_for(n)
-            log(
-                f"run: {n} sessions, partials {'on' if partials else 'off'}, "
-                f"{procs} client process(es)"
-            )
-            r = await run_load(spec, n, procs, server_pid, sweep.device, metrics_url)
-            r["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
-            r["load_average_after"] = os.getloadavg()
-            print_run(r, sweep.p95_bar_ms)
-            if sweep.per_session:
-                print_per_session(r)
-            results.append(r)
+    runs = [
+        (n, protocol, partials)
+        for n in sweep.counts
+        for protocol in sweep.protocols
+        # /v1/realtime has no partials switch: the server computes partials for text deltas.
+        for partials in (sweep.partials if protocol == "stream" else (base.text,))
+    ]
+    for n, protocol, partials in runs:
+        spec = replace(base, partials=partials, protocol=protocol)
+        procs = sweep.procs_for(n)
+        log(
+            f"run: {n} sessions on /v1/{protocol}, partials {'on' if partials else 'off'}, "
+            f"{procs} client process(es)"
+        )
+        r = await run_load(spec, n, procs, server_pid, sweep.device, metrics_url)
+        r["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        r["load_average_after"] = os.getloadavg()
+        print_run(r, sweep.p95_bar_ms)
+        if sweep.per_session:
+            print_per_session(r)
+        results.append(r)
     return results

@@ -102,6 +102,10 @@ class ListenSession:
 
     # -- SessionMachine --------------------------------------------------------------------------
 
+    def opened(self, now: float) -> list[Action]:
+        """The connection is accepted: Deepgram sends nothing before the first results."""
+        return []
+
     def receive(self, data: str | bytes, now: float) -> list[Action]:
         actions, self._pending = self._pending, []
         if self.state == "closed":

@@ -236,6 +236,21 @@ class VadSegmenter:
         self._finished = True
         return events
 
+    def discard(self) -> list[VadEvent]:
+        """Drop the open segment (a client cleared its uncommitted audio): it never closes,
+        its index is reused by the next one, and the next one starts after what was pushed.
+
+        A speculative endpoint of the dropped segment is withdrawn (CandidateCancelled)."""
+        events: list[VadEvent] = []
+        if self._start is not None:
+            if self._candidate:
+                events.append(CandidateCancelled(self._index))
+            self._start = None
+            self._candidate = False
+            # Frames already classified are behind the new segment's preroll.
+            self._prev_end = self._position
+        return events
+
     def _frame_step(self, frame: np.ndarray, events: list[VadEvent]) -> None:
         opts = self.options
         f_end = (self._frames_done + 1) * self._frame

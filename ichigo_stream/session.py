@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -18,6 +19,7 @@ import numpy as np
 from .audio import PcmStreamDecoder
 from .constants import SAMPLE_RATE
 from .errors import AudioError, CloseCode, ProtocolError
+from .manual_segmentation import ManualSegmenter
 from .message_rate import MessageRate
 from .messages import (
     Audio,
@@ -42,6 +44,7 @@ from .segmentation import (
     CandidateCancelled,
     EndpointCandidate,
     SegmentClosed,
+    Span,
     SpeechStarted,
     VadEvent,
     VadOptions,
@@ -118,6 +121,7 @@ class SessionMachine(Protocol):
 
     id: str
 
+    def opened(self, now: float) -> list[Action]: ...
     def receive(self, data: str | bytes, now: float) -> list[Action]: ...
     def job_done(self, job: Job, result: JobResult, now: float) -> list[Action]: ...
     def check_timeouts(self, now: float) -> list[Action]: ...
@@ -140,8 +144,16 @@ class ServerSession:
         now: float,
         *,
         vad_defaults: VadOptions | None = None,
+        segmenter: Callable[[VadOptions], VadSegmenter | ManualSegmenter] | None = None,
+        on_segment_closed: Callable[[int, Span], None] | None = None,
     ) -> None:
         self.id = session_id
+        # What cuts the audio into segments: the VAD, or (OpenAI Realtime's manual commits)
+        # manual_segmentation.ManualSegmenter, which speaks the same interface.
+        self._make_segmenter = segmenter or VadSegmenter
+        # Told the moment an endpoint is decided (index, span), before the segment's tokens
+        # exist: protocols that announce the end of speech (OpenAI's speech_stopped) need it.
+        self._on_segment_closed = on_segment_closed
         # The server's VAD settings where the client's start leaves them out (serve's).
         self.vad_defaults = vad_defaults
         self.model = model
@@ -155,7 +167,7 @@ class ServerSession:
         self._received_seconds = 0.0
         self._message_rate = MessageRate(self.limits.max_messages_per_s, now)
         self._decoder: PcmStreamDecoder | None = None
-        self._vad: VadSegmenter | None = None
+        self._vad: VadSegmenter | ManualSegmenter | None = None
         self._buffer = AudioBuffer()
         self._finals: dict[int, _Final] = {}  # by segment index, until sent
         self._next_to_send = 0
@@ -168,6 +180,10 @@ class ServerSession:
         self.over_window_budget = False  # failed with too_fast for its windows (for metrics)
 
     # -- input ---------------------------------------------------------------------------
+
+    def opened(self, now: float) -> list[Action]:
+        """The connection is accepted: v1 says nothing until the client's start."""
+        return []
 
     def receive(self, data: str | bytes, now: float) -> list[Action]:
         """One client message."""
@@ -189,14 +205,19 @@ class ServerSession:
         """The checks every raw message passes before it is parsed, whatever protocol the
         connection speaks (the adapters call it too): the message rate, then the size.
         Raises ProtocolError ("too_fast", "too_large")."""
-        # Before anything else, parsing included: a flood costs a counter, no more.
-        self._message_rate.count(len(data), now)
+        self.count_message(data, now)
         size = _size_in_bytes(data, self.limits.max_message_bytes)
         if size > self.limits.max_message_bytes:
             raise ProtocolError(
                 "too_large",
                 f"message of {size} bytes exceeds {self.limits.max_message_bytes}",
             )
+
+    def count_message(self, data: str | bytes, now: float) -> None:
+        """The message-rate limit alone (ProtocolError "too_fast"), for adapters whose
+        protocol answers an oversized message in its own way."""
+        # Before anything else, parsing included: a flood costs a counter, no more.
+        self._message_rate.count(len(data), now)
 
     def handle(self, message: ClientMessage, now: float) -> list[Action]:
         """One parsed client message: the typed entry point that receive() feeds, and that
@@ -219,6 +240,18 @@ class ServerSession:
             return self._stop(now)
         except ProtocolError as e:
             return self.fail(e)
+
+    def discard_open(self, now: float) -> list[Action]:
+        """Drop the open segment, unsent, with its model work (OpenAI's input_audio_buffer.clear):
+        it never closes, and the next segment takes its index."""
+        if self.state != "streaming" or self._draining:
+            return []
+        self.last_message_at = now
+        actions = self._events(self._vad.discard(), now)
+        if self._partial is not None and self._partial.segment == self._open_index:
+            actions.append(Cancel(self._partial))
+            self._partial = None
+        return actions
 
     def job_done(self, job: Job, result: JobResult, now: float) -> list[Action]:
         """A model result for one of this session's jobs."""
@@ -304,7 +337,7 @@ class ServerSession:
             )
         self.options = options
         self._decoder = PcmStreamDecoder(options.sample_rate, options.encoding, options.channels)
-        self._vad = VadSegmenter(options.vad)
+        self._vad = self._make_segmenter(options.vad)
         self.state = "streaming"
         ready = Ready(PROTOCOL_VERSION, self.id, self.model, SAMPLE_RATE, self.capabilities)
         return [Send(ready)]
@@ -382,6 +415,8 @@ class ServerSession:
     def _close_segment(self, event: SegmentClosed, now: float) -> list[Action]:
         actions: list[Action] = []
         span = event.span
+        if self._on_segment_closed is not None:
+            self._on_segment_closed(event.index, span)
         final = self._finals.get(event.index)
         if final is None or (final.job.start, final.job.end) != (span.start, span.end):
             if final is not None:

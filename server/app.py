@@ -34,6 +34,8 @@ from ichigo_stream.messages import Capabilities
 from ichigo_stream.model import IchigoTokenizer
 from ichigo_stream.pipeline import default_batch_size
 from ichigo_stream.protocol import STREAM_PATH, quote
+from ichigo_stream.realtime import RealtimeSession
+from ichigo_stream.realtime_events import REALTIME_PATH, REALTIME_SUBPROTOCOL
 from ichigo_stream.segmentation import VadOptions
 from ichigo_stream.session import (
     Action,
@@ -88,6 +90,16 @@ def _v1_session(context: SessionContext) -> SessionMachine:
     )
 
 
+def _realtime_session(context: SessionContext) -> SessionMachine:
+    return RealtimeSession(
+        context.session_id,
+        context.model,
+        context.capabilities,
+        context.now,
+        vad_defaults=context.vad_defaults,
+    )
+
+
 def _listen_session(context: SessionContext) -> SessionMachine:
     # The query was checked before the upgrade (StreamServer._check_listen_query): it parses.
     options = parse_listen_query(context.query, text_available=context.capabilities.text)
@@ -129,9 +141,13 @@ class StreamServer:
         self.endpoints: dict[str, EndpointFactory] = {
             STREAM_PATH: _v1_session,
             LISTEN_PATH: _listen_session,
+            REALTIME_PATH: _realtime_session,
         }
         # The subprotocol an endpoint answers when a browser offers it (with its key).
-        self.subprotocols: dict[str, str] = {LISTEN_PATH: LISTEN_SUBPROTOCOL}
+        self.subprotocols: dict[str, str] = {
+            LISTEN_PATH: LISTEN_SUBPROTOCOL,
+            REALTIME_PATH: REALTIME_SUBPROTOCOL,
+        }
         self._server: Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -330,6 +346,8 @@ class StreamServer:
         self.connections[session.id] = conn
         self.metrics.sessions_total += 1
         writer = asyncio.create_task(self._write(conn))
+        # Protocols whose server speaks first (OpenAI's session.created) do it here.
+        self._act(conn, session.opened, now)
         try:
             async for message in ws:
                 self._act(conn, session.receive, message, self._loop.time())

@@ -103,7 +103,10 @@ def test_sentences_are_spoken_in_order_and_cached(tmp_path: Path) -> None:
     ("script", "options"),
     [
         ("bench_tokenize.py", ["--random", "--files", "--repeats", "--segment", "--json"]),
-        ("bench_stream.py", ["--url", "--sessions", "--sweep", "--procs", "--p95-bar-ms"]),
+        (
+            "bench_stream.py",
+            ["--url", "--sessions", "--sweep", "--procs", "--p95-bar-ms", "--protocol", "--text"],
+        ),
     ],
 )
 def test_help(script: str, options: list[str]) -> None:
@@ -178,6 +181,31 @@ def test_bench_stream_delivers_every_expected_segment(tmp_path: Path) -> None:
         assert s["segments_received"] == s["segments_expected"] == len(s["segments"])
         assert s["errors"] == [] and s["close_code"] == 1000
         assert all(seg["reason"] is not None for seg in s["segments"])
+
+
+@pytest.mark.usefixtures("espeak")
+@pytest.mark.timeout(300)
+def test_bench_stream_runs_the_same_load_on_v1_realtime(tmp_path: Path) -> None:
+    out = tmp_path / "realtime.json"
+    result = _bench(
+        "bench_stream.py",
+        *("--random", "tiny", "--cache", tmp_path / "cache", "--sessions", "1"),
+        *("--duration", "8", "--stagger", "0", "--protocol", "realtime", "--json", out),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "== 1 sessions on /v1/realtime, partials off, 8 s of audio each" in result.stdout
+    assert "speech_stopped -> completed" in result.stdout
+    (run,) = json.loads(out.read_text())["runs"]
+    assert run["protocol"] == "realtime" and run["text"] is False
+    # Checked against the offline VAD exactly as /v1/stream's segments are.
+    assert run["segments_expected"] > 0
+    assert run["segments_received"] == run["segments_expected"]
+    assert run["segments_lost"] == run["segments_unexpected"] == 0
+    assert run["sessions_with_errors"] == []
+    assert run["completed_after_stop_ms"]["n"] == run["segments_received"]
+    assert run["first_delta_ms"] is None  # no text asked for: no deltas
+    (session,) = run["per_session"]
+    assert session["close_code"] == 1000
 
 
 def test_bench_stream_exits_2_when_the_server_cannot_start(tmp_path: Path) -> None:
