@@ -6,8 +6,10 @@ through a callback the caller makes loop-safe (call_soon_threadsafe). Scheduling
 - a batch of up to max_batch clips, waiting at most max_wait_s for it to fill;
 - partials are shed first: they never share a batch with finals, run only when no final
   waits, in batches of at most max_batch // 4, and stale or superseded ones are dropped;
-- text decoding runs one segment at a time between token batches, so no session's tokens
-  wait behind more than one decode;
+- text (finals, and partials of captioning sessions) is decoded in batches of up to
+  max_batch across sessions and languages, one batch between token batches, so no token
+  work waits behind more than one text batch and token-only results never wait for text;
+  partial text is shed like partial tokens (server/text_queue.py);
 - a batch that raises is retried job by job, so a failing job fails alone.
 """
 
@@ -22,11 +24,13 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ichigo_stream.model import IchigoTokenizer, TextOptions
-from ichigo_stream.pipeline import clip_tokens, token_texts
+from ichigo_stream.model import IchigoTokenizer
+from ichigo_stream.pipeline import clip_tokens
 from ichigo_stream.session import Job, JobResult
+from ichigo_stream.text_decoding import DecodedText, TextRequest, decode_texts
 
 from .metrics import BATCH_BUCKETS, Histogram
+from .text_queue import TextJob, TextQueue
 
 log = logging.getLogger("ichigo_stream.worker")
 
@@ -76,7 +80,7 @@ class ModelWorker:
         self._cond = threading.Condition()
         self._finals: deque[Job] = deque()
         self._partials: OrderedDict[str, tuple[Job, float]] = OrderedDict()  # by session
-        self._texts: deque[tuple[Job, list[int]]] = deque()
+        self._texts = TextQueue()
         self._stopping = False
         self._busy_since: float | None = None
         self._thread = threading.Thread(target=self._run, name="ichigo-model-worker", daemon=True)
@@ -124,8 +128,7 @@ class ModelWorker:
                     del self._partials[job.session]
             elif job in self._finals:
                 self._finals.remove(job)
-            else:
-                self._texts = deque(item for item in self._texts if item[0] is not job)
+            self._texts.cancel(job)
 
     @property
     def queue_depth(self) -> int:
@@ -145,7 +148,7 @@ class ModelWorker:
         silence = np.zeros(16_000, dtype=np.float32)
         tokens = clip_tokens(self.tokenizer, [silence] * min(2, self.max_batch))
         if text and self.tokenizer.has_text_model:
-            token_texts(self.tokenizer, tokens[:1], TextOptions())
+            decode_texts(self.tokenizer, [TextRequest(tokens[0])])
 
     # -- worker thread ---------------------------------------------------------------------
 
@@ -160,11 +163,11 @@ class ModelWorker:
                     # Give concurrent endpoints a moment to share this batch.
                     self._cond.wait(self.max_wait_s)
                 batch = self._take_batch()
-                text_job = self._texts.popleft() if self._texts else None
+                texts = self._take_texts()
             if batch:
                 self._run_batch(batch)
-            if text_job is not None:
-                self._run_text(*text_job)
+            if texts:
+                self._run_texts(texts)
 
     def _take_batch(self) -> list[Job]:
         # Finals never share a batch with partials: on CPU a bigger batch costs more per clip,
@@ -208,25 +211,54 @@ class ModelWorker:
                         self.stats.jobs_failed += 1
                     self.on_result(job, JobResult(error=f"model failed on this segment: {e}"))
         for job, tokens in results:
-            decode = job.text and job.kind == "final"
             with self._cond:
                 self.stats.jobs_done += 1
-                if decode:
-                    self._texts.append((job, tokens))
-            if not decode:
+                if job.text:
+                    self.stats.partials_shed += self._texts.add(job, tokens, time.monotonic())
+            if not job.text:
                 self.on_result(job, JobResult(tokens=tokens))
 
-    def _run_text(self, job: Job, tokens: list[int]) -> None:
+    def _take_texts(self) -> list[TextJob]:
+        """The next text batch (called under the lock)."""
+        batch, shed = self._texts.take(self.max_batch, time.monotonic(), self.partial_max_age_s)
+        self.stats.partials_shed += shed
+        return batch
+
+    def _decode(self, batch: Sequence[TextJob]) -> list[DecodedText]:
         self._busy_since = time.monotonic()
         try:
-            text = token_texts(self.tokenizer, [tokens], TextOptions(language=job.language))[0]
-            with self._cond:
-                self.stats.texts_decoded += 1
-            self.on_result(job, JobResult(tokens=tokens, text=text))
-        except Exception as e:
-            log.exception("text decoding failed for %s/%s", job.session, job.segment)
-            self.on_result(
-                job, JobResult(tokens=tokens, text=None, error=f"text decoding failed: {e}")
-            )
+            requests = [
+                TextRequest(item.tokens, item.job.language, item.job.text_prefix) for item in batch
+            ]
+            return decode_texts(self.tokenizer, requests)
         finally:
             self._busy_since = None
+
+    def _run_texts(self, batch: list[TextJob]) -> None:
+        """One decoder batch; a batch that raises is retried item by item, so a failing
+        item (an unknown language, say) fails alone."""
+        try:
+            decoded: list[DecodedText | Exception] = list(self._decode(batch))
+        except Exception:
+            log.exception("text batch of %d failed; retrying its jobs one by one", len(batch))
+            decoded = []
+            for item in batch:
+                try:
+                    decoded.append(self._decode([item])[0])
+                except Exception as e:
+                    job = item.job
+                    log.exception("text decoding failed for %s/%s", job.session, job.segment)
+                    decoded.append(e)
+        for item, out in zip(batch, decoded, strict=True):
+            if isinstance(out, Exception):
+                result = JobResult(tokens=item.tokens, error=f"text decoding failed: {out}")
+            else:
+                with self._cond:
+                    self.stats.texts_decoded += 1
+                result = JobResult(
+                    tokens=item.tokens,
+                    text=out.text,
+                    text_tokens=out.text_tokens,
+                    text_pieces=out.pieces,
+                )
+            self.on_result(item.job, result)
