@@ -76,7 +76,7 @@ def test_partial_text_only_grows_and_the_final_text_continues_it(
     tiny_model_files: ModelFiles, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Random weights never say EOT, so each decoding would run Whisper's full 224 steps and
-    # most partials would be shed as stale on a loaded machine: 24 text tokens are plenty
+    # most partials would be shed as stale on a loaded machine: 12 text tokens are plenty
     # to test the contract, which does not depend on the length.
     monkeypatch.setattr(
         worker_module, "decode_texts", functools.partial(decode_texts, sample_len=12)
@@ -98,7 +98,8 @@ def test_partial_text_only_grows_and_the_final_text_continues_it(
     outcomes = asyncio.run(main())
     # Every chunking shows some caption (lockstep: no partial is lost to a slow machine).
     assert all(check_captions(outcome) > 0 for outcome in outcomes), [o.summary() for o in outcomes]
-    # The same segments and the same final texts in every chunking.
+    # The same segments in every chunking (their texts continue each session's own captions,
+    # so they may differ).
     first = outcomes[0].of_type("segment")
     assert len(first) == 3
     for outcome in outcomes[1:]:
