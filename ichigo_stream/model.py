@@ -280,6 +280,13 @@ class IchigoTokenizer(nn.Module):
     def has_text_model(self) -> bool:
         return bool(self._text_model)
 
+    @property
+    def text_model(self) -> whisper.model.Whisper:
+        """The attached Whisper model (RuntimeError if none)."""
+        if not self._text_model:
+            raise RuntimeError("no Whisper text model attached; load with text=True")
+        return self._text_model[0]
+
     @torch.inference_mode()
     def decode_text(
         self, tokens: Sequence[Sequence[int] | Tensor], options: TextOptions = TextOptions()

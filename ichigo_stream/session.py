@@ -17,6 +17,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from .audio import PcmStreamDecoder
+from .captions import LocalAgreement
 from .constants import SAMPLE_RATE
 from .errors import AudioError, CloseCode, ProtocolError
 from .manual_segmentation import ManualSegmenter
@@ -68,6 +69,8 @@ class Job:
     audio: np.ndarray
     text: bool = False
     language: str | None = None
+    # Whisper text tokens the text decoding must start with: the segment's agreed caption.
+    text_prefix: tuple[int, ...] = ()
     id: int = field(default_factory=lambda: next(_job_ids))
 
 
@@ -76,6 +79,10 @@ class JobResult:
     tokens: list[int] | None = None
     text: str | None = None
     error: str | None = None
+    # With text: the decoding's Whisper text tokens (the job's text_prefix first) and the
+    # UTF-8 bytes of each, what the session's LocalAgreement works on.
+    text_tokens: tuple[int, ...] | None = None
+    text_pieces: tuple[bytes, ...] | None = None
 
 
 class WireMessage(Protocol):
@@ -175,6 +182,8 @@ class ServerSession:
         self._partial_sent_end = 0  # end of the newest partial sent: older results are stale
         self._open_index = 0  # index of the open (or next) segment
         self._next_partial_at = 0
+        # Live captions (text and partials on): each unsent segment's agreement so far.
+        self._captions: dict[int, LocalAgreement] = {}
         self._draining = False  # stopped by shutdown(), not by the client
         self.windows_used = 0  # encoder windows of the final jobs submitted (see _charge_window)
         self.over_window_budget = False  # failed with too_fast for its windows (for metrics)
@@ -308,6 +317,7 @@ class ServerSession:
     def _abandon(self) -> list[Action]:
         cancels: list[Action] = [Cancel(job) for job in self.pending_jobs()]
         self._finals.clear()
+        self._captions.clear()
         self._partial = None
         self.state = "closed"
         return cancels
@@ -434,8 +444,13 @@ class ServerSession:
         if kind == "final":
             self._charge_window()
         audio = self._buffer.slice(start, end)
-        text = kind == "final" and self.options.text
-        return Job(self.id, segment, kind, start, end, audio, text, self.options.language)
+        # Partials exist only with "partials": true; with text they carry the caption.
+        text = self.options.text
+        caption = self._captions.get(segment)
+        # Every decoding of a segment continues its agreed caption, so the caption only
+        # grows and the final text starts with the last one sent.
+        prefix = caption.agreed if text and caption is not None else ()
+        return Job(self.id, segment, kind, start, end, audio, text, self.options.language, prefix)
 
     def _charge_window(self) -> None:
         """Count one encoder window for a final job; too_fast once over the window budget.
@@ -489,7 +504,18 @@ class ServerSession:
         self._partial_sent_end = job.end
         offset = self.options.offset_samples
         start, end = seconds(offset + job.start), seconds(offset + job.end)
-        return [Send(Partial(job.segment, start, end, tuple(result.tokens)))]
+        text = self._caption_text(job, result) if job.text else None
+        return [Send(Partial(job.segment, start, end, tuple(result.tokens), text))]
+
+    def _caption_text(self, job: Job, result: JobResult) -> str:
+        """The segment's caption after this partial's decoding (LocalAgreement)."""
+        caption = self._captions.setdefault(job.segment, LocalAgreement())
+        # Once the segment's final job exists (it may be speculative) its prefix is fixed:
+        # growing the caption past it could show text the final text does not start with.
+        decoded = result.text_tokens is not None and result.text_pieces is not None
+        if decoded and job.segment not in self._finals:
+            caption.update(result.text_tokens, result.text_pieces)
+        return caption.text
 
     def _send_ready_finals(self, now: float) -> list[Action]:
         """Send finished segments strictly in segment order; done once nothing is left."""
@@ -499,6 +525,7 @@ class ServerSession:
             if final.closed_at is None or final.result is None:
                 break
             del self._finals[self._next_to_send]
+            self._captions.pop(self._next_to_send, None)
             job, result = final.job, final.result
             if result.tokens is not None:
                 tokens = result.tokens

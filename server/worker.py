@@ -9,8 +9,10 @@ jobs' policy is server.scheduler.WorkQueue):
 - partials are shed first: they never share a batch with finals, run only when no final
   waits, in batches of at most max_batch // 4, and stale or superseded ones are dropped;
 - the audio of waiting jobs is held within a byte budget (see WorkQueue);
-- text decoding runs one segment at a time between token batches, so no session's tokens
-  wait behind more than one decode;
+- text (finals, and partials of captioning sessions) is decoded in batches of up to
+  max_batch across sessions and languages, one batch between token batches, so no token
+  work waits behind more than one text batch and token-only results never wait for text;
+  partial text is shed like partial tokens (server/text_queue.py);
 - a batch that raises is retried job by job, so a failing job fails alone.
 """
 
@@ -19,18 +21,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ichigo_stream.model import IchigoTokenizer, TextOptions
-from ichigo_stream.pipeline import clip_tokens, token_texts
+from ichigo_stream.model import IchigoTokenizer
+from ichigo_stream.pipeline import clip_tokens
 from ichigo_stream.session import Job, JobResult
+from ichigo_stream.text_decoding import DecodedText, TextRequest, decode_texts
 
 from .metrics import BATCH_BUCKETS, Histogram
 from .scheduler import QueueOptions, WorkQueue
+from .text_queue import TextJob, TextQueue
 
 log = logging.getLogger("ichigo_stream.worker")
 
@@ -85,7 +88,8 @@ class ModelWorker:
         self._queue = WorkQueue(
             QueueOptions(max_batch, self.max_partial_batch, partial_max_age_s, held_budget_bytes)
         )
-        self._texts: deque[tuple[Job, list[int]]] = deque()
+        self._texts = TextQueue()
+        self._text_partials_shed = 0  # partial text jobs dropped (the queue counts its own)
         self._stopping = False
         self._busy_since: float | None = None
         self._thread = threading.Thread(target=self._run, name="ichigo-model-worker", daemon=True)
@@ -127,12 +131,12 @@ class ModelWorker:
         """Drop a job that has not run; one that is running finishes and its result is ignored."""
         with self._cond:
             if not self._queue.remove(job):
-                self._texts = deque(item for item in self._texts if item[0] is not job)
+                self._texts.cancel(job)
             self._count_queue()
 
     def _count_queue(self) -> None:
         """Copy the queue's counts into the stats (under the lock)."""
-        self.stats.partials_shed = self._queue.partials_shed
+        self.stats.partials_shed = self._queue.partials_shed + self._text_partials_shed
         self.stats.held_bytes = self._queue.held_bytes
         self.stats.sessions_evicted = self._queue.sessions_evicted
 
@@ -160,7 +164,7 @@ class ModelWorker:
         silence = np.zeros(16_000, dtype=np.float32)
         tokens = clip_tokens(self.tokenizer, [silence] * min(2, self.max_batch))
         if text and self.tokenizer.has_text_model:
-            token_texts(self.tokenizer, tokens[:1], TextOptions())
+            decode_texts(self.tokenizer, [TextRequest(tokens[0])])
 
     # -- worker thread ---------------------------------------------------------------------
 
@@ -176,12 +180,12 @@ class ModelWorker:
                     # Give concurrent endpoints a moment to share this batch.
                     self._cond.wait(self.max_wait_s)
                 batch = self._queue.take_batch(time.monotonic())
+                texts = self._take_texts()
                 self._count_queue()
-                text_job = self._texts.popleft() if self._texts else None
             if batch:
                 self._run_batch(batch)
-            if text_job is not None:
-                self._run_text(*text_job)
+            if texts:
+                self._run_texts(texts)
 
     def _quantize(self, jobs: Sequence[Job]) -> list[list[int]]:
         self._busy_since = time.monotonic()
@@ -207,25 +211,55 @@ class ModelWorker:
                         self.stats.jobs_failed += 1
                     self.on_result(job, JobResult(error=f"model failed on this segment: {e}"))
         for job, tokens in results:
-            decode = job.text and job.kind == "final"
             with self._cond:
                 self.stats.jobs_done += 1
-                if decode:
-                    self._texts.append((job, tokens))
-            if not decode:
+                if job.text:
+                    self._text_partials_shed += self._texts.add(job, tokens, time.monotonic())
+                    self._count_queue()
+            if not job.text:
                 self.on_result(job, JobResult(tokens=tokens))
 
-    def _run_text(self, job: Job, tokens: list[int]) -> None:
+    def _take_texts(self) -> list[TextJob]:
+        """The next text batch (called under the lock)."""
+        batch, shed = self._texts.take(self.max_batch, time.monotonic(), self.partial_max_age_s)
+        self._text_partials_shed += shed
+        return batch
+
+    def _decode(self, batch: Sequence[TextJob]) -> list[DecodedText]:
         self._busy_since = time.monotonic()
         try:
-            text = token_texts(self.tokenizer, [tokens], TextOptions(language=job.language))[0]
-            with self._cond:
-                self.stats.texts_decoded += 1
-            self.on_result(job, JobResult(tokens=tokens, text=text))
-        except Exception as e:
-            log.exception("text decoding failed for %s/%s", job.session, job.segment)
-            self.on_result(
-                job, JobResult(tokens=tokens, text=None, error=f"text decoding failed: {e}")
-            )
+            requests = [
+                TextRequest(item.tokens, item.job.language, item.job.text_prefix) for item in batch
+            ]
+            return decode_texts(self.tokenizer, requests)
         finally:
             self._busy_since = None
+
+    def _run_texts(self, batch: list[TextJob]) -> None:
+        """One decoder batch; a batch that raises is retried item by item, so a failing
+        item (an unknown language, say) fails alone."""
+        try:
+            decoded: list[DecodedText | Exception] = list(self._decode(batch))
+        except Exception:
+            log.exception("text batch of %d failed; retrying its jobs one by one", len(batch))
+            decoded = []
+            for item in batch:
+                try:
+                    decoded.append(self._decode([item])[0])
+                except Exception as e:
+                    job = item.job
+                    log.exception("text decoding failed for %s/%s", job.session, job.segment)
+                    decoded.append(e)
+        for item, out in zip(batch, decoded, strict=True):
+            if isinstance(out, Exception):
+                result = JobResult(tokens=item.tokens, error=f"text decoding failed: {out}")
+            else:
+                with self._cond:
+                    self.stats.texts_decoded += 1
+                result = JobResult(
+                    tokens=item.tokens,
+                    text=out.text,
+                    text_tokens=out.text_tokens,
+                    text_pieces=out.pieces,
+                )
+            self.on_result(item.job, result)

@@ -449,6 +449,7 @@ function onMessage(r, m) {
       if (r.finals.has(m.segment)) break; // stale: the segment is already final
       setSpeech(true);
       renderCells(r, group(r, m.segment, m.start), m.tokens, m.start, false);
+      if (r.options.text && m.text) showLiveCaption(m.segment, m.text);
       break;
     case "segment":
       onSegment(r, m);
@@ -547,6 +548,7 @@ function resetView() {
   ui.segments.replaceChildren();
   ui.segmentsEmpty.hidden = false;
   ui.caption.textContent = "";
+  ui.caption.classList.remove("live");
   ui.announce.textContent = "";
   ui.statTokens.textContent = "0";
   ui.statSegments.textContent = "0";
@@ -622,7 +624,23 @@ function onSegment(r, m) {
     `Segment ${m.segment + 1}: ${m.tokens.length} tokens` +
     (latencyMs === null ? "" : `, latency ${formatMs(latencyMs)}`);
   ui.segments.scrollTop = ui.segments.scrollHeight;
-  if (r.options.text && typeof m.text === "string") ui.caption.textContent = m.text;
+  if (r.options.text && typeof m.text === "string") showFinalCaption(m.segment, m.text);
+}
+
+/** A segment's live caption (the partials' agreed text, which only grows): a grey line. */
+function showLiveCaption(segment, text) {
+  ui.caption.textContent = text;
+  ui.caption.classList.add("live");
+  ui.caption.dataset.segment = String(segment);
+}
+
+/** A segment's final text replaces its live caption, not a later segment's. */
+function showFinalCaption(segment, text) {
+  const live = ui.caption.classList.contains("live");
+  if (live && Number(ui.caption.dataset.segment) > segment) return;
+  ui.caption.textContent = text;
+  ui.caption.classList.remove("live");
+  ui.caption.dataset.segment = String(segment);
 }
 
 function segmentCard(r, m, llm, latencyMs) {

@@ -19,7 +19,7 @@ from streaming import http_get
 
 from ichigo_stream.geometry import TokenGeometry
 from ichigo_stream.loading import LoadOptions, load_tokenizer
-from ichigo_stream.model import IchigoTokenizer, TextOptions
+from ichigo_stream.model import IchigoTokenizer
 from ichigo_stream.model_info import ModelInfo
 from ichigo_stream.session import Job, JobResult
 from ichigo_stream_server.app import StreamServer, running_server
@@ -247,36 +247,3 @@ def test_torch_threads_are_set_at_start_up_not_by_the_server(
         assert torch.get_num_threads() == other
     finally:
         torch.set_num_threads(before)
-
-
-class Texting(Recording):
-    """The real tokens, and a text decoder that records what it is asked to decode."""
-
-    def __init__(self, tokenizer: IchigoTokenizer) -> None:
-        super().__init__(tokenizer)
-        self.has_text_model = True
-        self.decoded: list[tuple[list[list[int]], str | None]] = []
-
-    def decode_text(self, tokens: Sequence[Sequence[int]], options: TextOptions) -> list[str]:
-        self.decoded.append(([list(t) for t in tokens], options.language))
-        return [f"{len(t)} tokens" for t in tokens]
-
-
-def test_text_is_decoded_one_final_at_a_time_and_empty_without_tokens(
-    tokenizer: IchigoTokenizer,
-) -> None:
-    """The worker's text step is the pipeline's (token_texts): a final with tokens is decoded
-    alone in the stream's language; one under a token reads as "" without a decoder call."""
-    model = Texting(tokenizer)
-    worker = ModelWorker(model, lambda j, r: None, max_batch=8)  # type: ignore[arg-type]
-    jobs = [
-        Job("a", 0, "final", 0, 16_000, np.zeros(16_000, np.float32), True, "vi"),
-        Job("b", 0, "final", 0, 100, np.zeros(100, np.float32), True, "en"),
-        Job("c", 0, "final", 0, 8_000, np.zeros(8_000, np.float32), False, None),
-    ]
-    results = {j.session: r for j, r in run(worker, jobs, expected_results=3)}
-    assert [(len(t[0]), lang) for t, lang in model.decoded] == [(25, "vi")]
-    assert results["a"].text == "25 tokens" and results["a"].tokens == model.decoded[0][0][0]
-    assert results["b"].text == "" and results["b"].tokens == []
-    assert results["c"].text is None and results["c"].tokens is not None
-    assert worker.stats.texts_decoded == 2

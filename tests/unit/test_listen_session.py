@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from captioning import text_result
 
 from ichigo_stream.audio import to_pcm16
 from ichigo_stream.constants import SAMPLE_RATE
@@ -46,7 +47,9 @@ def fake_text(job: Job) -> str:
 
 def fake_result(job: Job) -> JobResult:
     """As the worker answers: text only for a job that asks for it."""
-    return JobResult(tokens=fake_tokens(job), text=fake_text(job) if job.text else None)
+    if not job.text:
+        return JobResult(tokens=fake_tokens(job))
+    return text_result(job, fake_tokens(job), fake_text(job))
 
 
 @dataclass

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile as sf
+from captioning import text_result
 
 from ichigo_stream.assets import sample_path
 from ichigo_stream.audio import resample
@@ -91,7 +92,9 @@ class Driver:
         text = " ".join(WORDS[job.segment : job.segment + n]) if wants_text else None
         if job.kind == "final" and self.fail_text:
             return JobResult(tokens=fake_tokens(job), error="text failed")
-        return JobResult(tokens=fake_tokens(job), text=text)
+        if text is None:
+            return JobResult(tokens=fake_tokens(job))
+        return text_result(job, fake_tokens(job), text)
 
     def apply(self, actions: list[Action]) -> None:
         jobs = []
