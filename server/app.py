@@ -135,6 +135,7 @@ class StreamServer:
             max_batch=config.max_batch or default_batch_size(tokenizer.device.type),
             max_wait_s=config.max_wait_ms / 1000,
             held_budget_bytes=config.max_held_audio_bytes,
+            max_text_tokens=config.max_text_tokens,
         )
         self.connections: dict[str, _Connection] = {}
         # WebSocket endpoints by path, all with the same auth, limits, VAD and worker.

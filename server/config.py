@@ -33,6 +33,9 @@ class ServerConfig:
     port: int = 8765
     load: LoadOptions = field(default_factory=LoadOptions)
     text: bool = False  # load Whisper's decoder so sessions may ask for text
+    # Text tokens decoded per segment at most (the caption prefix included); None: Whisper's
+    # own cap, 224 (n_text_ctx // 2). Each token is one decoder step for the whole batch.
+    max_text_tokens: int | None = None
     max_batch: int | None = None  # None: 1 on CPU, 32 on a GPU (pipeline.default_batch_size)
     threads: int | None = None  # torch intra-op threads for the model; None: torch's default
     max_wait_ms: float = 2.0
@@ -97,6 +100,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_model_arguments(parser)  # --model, --whisper, --device, --dtype: as every command
     add("--text", action="store_true", help="load Whisper's decoder for text")
+    add(
+        "--max-text-tokens",
+        type=_number(int, 1, 224),
+        default=None,
+        metavar="N",
+        help="decode at most N text tokens a segment, caption prefix included: bounds the "
+        "decoder's steps a batch (default: Whisper's 224)",
+    )
     add(
         "--max-batch",
         type=count,
@@ -270,6 +281,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         port=args.port,
         load=load_options(args),
         text=args.text,
+        max_text_tokens=args.max_text_tokens,
         max_batch=args.max_batch,
         threads=args.threads,
         max_wait_ms=args.max_wait_ms,

@@ -72,11 +72,13 @@ class ModelWorker:
         partial_max_age_s: float = 2.0,
         stall_timeout_s: float = 120.0,
         held_budget_bytes: float = float("inf"),
+        max_text_tokens: int | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")  # else nothing runs
         self.tokenizer = tokenizer
         self.on_result = on_result
+        self.max_text_tokens = max_text_tokens  # None: Whisper's sample_len
         self.max_batch = max_batch
         self.max_partial_batch = max(1, max_batch // 4)
         self.max_wait_s = max_wait_s
@@ -164,7 +166,7 @@ class ModelWorker:
         silence = np.zeros(16_000, dtype=np.float32)
         tokens = clip_tokens(self.tokenizer, [silence] * min(2, self.max_batch))
         if text and self.tokenizer.has_text_model:
-            decode_texts(self.tokenizer, [TextRequest(tokens[0])])
+            decode_texts(self.tokenizer, [TextRequest(tokens[0])], sample_len=self.max_text_tokens)
 
     # -- worker thread ---------------------------------------------------------------------
 
@@ -231,7 +233,7 @@ class ModelWorker:
             requests = [
                 TextRequest(item.tokens, item.job.language, item.job.text_prefix) for item in batch
             ]
-            return decode_texts(self.tokenizer, requests)
+            return decode_texts(self.tokenizer, requests, sample_len=self.max_text_tokens)
         finally:
             self._busy_since = None
 

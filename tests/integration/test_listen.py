@@ -78,6 +78,9 @@ def serve(model: Model, **config: Any) -> contextlib.AbstractAsyncContextManager
     tokenizer, info = model
     options: dict[str, Any] = {
         "port": 0, "drain_timeout_s": 10.0, "text": True, "token": TOKEN, "limits": LIMITS,
+        # The random decoder never ends a text by itself: 12 tokens keep each decoding (and
+        # so the partials' captions) quick on a CPU.
+        "max_text_tokens": 12,
         **config,
     }  # fmt: skip
     return running_server(ServerConfig(**options), tokenizer, info)
@@ -249,8 +252,8 @@ def test_the_sdk_gets_results_speech_started_utterance_end_and_metadata(
 
 @pytest.mark.timeout(120)
 def test_interim_results_carry_the_growing_caption(model: Model, phrases: list[np.ndarray]) -> None:
-    """Needs partial text (the captions branch): interim transcripts grow within a segment
-    and lead into its final transcript.
+    """Interim transcripts (the partials' captions) grow within a segment and lead into its
+    final transcript.
 
     With endpointing off, the segment stays open through the trailing silence, so the
     partials' text (seconds of decoding a segment for the random model on a CPU) is still

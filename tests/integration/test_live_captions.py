@@ -5,7 +5,6 @@ partial's and of its segment's final text. Random weights make gibberish, determ
 from __future__ import annotations
 
 import asyncio
-import functools
 from typing import Any
 
 import pytest
@@ -13,10 +12,8 @@ import soundfile as sf
 from models import ModelFiles
 from streaming import Outcome, WireClient, encode_pcm, random_sizes, split_bytes
 
-import ichigo_stream_server.worker as worker_module
 from ichigo_stream.assets import sample_path
 from ichigo_stream.loading import LoadOptions, load_tokenizer
-from ichigo_stream.text_decoding import decode_texts
 from ichigo_stream_server.app import running_server
 from ichigo_stream_server.config import ServerConfig
 from ichigo_stream_server.worker import ModelWorker
@@ -73,21 +70,19 @@ def check_captions(outcome: Outcome) -> int:
 
 @pytest.mark.timeout(300)
 def test_partial_text_only_grows_and_the_final_text_continues_it(
-    tiny_model_files: ModelFiles, monkeypatch: pytest.MonkeyPatch
+    tiny_model_files: ModelFiles,
 ) -> None:
-    # Random weights never say EOT, so each decoding would run Whisper's full 224 steps and
-    # most partials would be shed as stale on a loaded machine: 12 text tokens are plenty
-    # to test the contract, which does not depend on the length.
-    monkeypatch.setattr(
-        worker_module, "decode_texts", functools.partial(decode_texts, sample_len=12)
-    )
     options = LoadOptions(
         model=str(tiny_model_files.quantizer), whisper=str(tiny_model_files.whisper)
     )
     tokenizer, info = load_tokenizer(options, text=True)
     pcm, _ = sf.read(sample_path(), dtype="int16")
     data = encode_pcm(pcm)
-    config = ServerConfig(port=0, text=True, max_batch=8)
+    # Random weights never say EOT, so each decoding would run Whisper's full 224 steps and
+    # most partials would be shed as stale on a loaded machine: 12 text tokens
+    # (serve --max-text-tokens) are plenty to test the contract, which does not depend on
+    # the length.
+    config = ServerConfig(port=0, text=True, max_batch=8, max_text_tokens=12)
 
     async def main() -> list[Outcome]:
         async with running_server(config, tokenizer, info) as server:

@@ -71,7 +71,11 @@ def silence24(seconds: float) -> bytes:
 @contextlib.asynccontextmanager
 async def serve(model: Any, **config: Any) -> AsyncIterator[StreamServer]:
     tokenizer, info = model
-    options: dict[str, Any] = {"port": 0, "drain_timeout_s": 10.0, "limits": UNLIMITED}
+    # max_text_tokens: the random decoder never ends a text by itself; 12 tokens keep each
+    # decoding (and so the partials' captions) quick on a CPU.
+    options: dict[str, Any] = {
+        "port": 0, "drain_timeout_s": 10.0, "limits": UNLIMITED, "max_text_tokens": 12,
+    }  # fmt: skip
     async with running_server(ServerConfig(**{**options, **config}), tokenizer, info) as server:
         yield server
 
@@ -188,8 +192,7 @@ def test_openai_sdk_gets_every_utterance_and_tokens_equal_v1(
 def test_caption_deltas_arrive_while_the_speaker_talks(
     model: Any, utterances: tuple[np.ndarray, np.ndarray]
 ) -> None:
-    """Needs the captions branch (partial text from the worker): on main no partial has text,
-    so the only delta of an item comes with its completion."""
+    """Text deltas (the partials' captions) come before the item is committed."""
     first, _ = utterances
     long_speech = np.concatenate([first, first, first])
     audio = pcm24(long_speech) + silence24(1.2)
@@ -199,7 +202,9 @@ def test_caption_deltas_arrive_while_the_speaker_talks(
             await conn.session.update(session={"type": "transcription"})
             for piece in chunks(audio):
                 await conn.input_audio_buffer.append(audio=piece)
-                await asyncio.sleep(0.025)  # 4x real time: partials get their turn
+                # Real time (4800 bytes: 100 ms at 24 kHz): each partial's caption is
+                # decoded while the speaker still talks, as in live captioning.
+                await asyncio.sleep(0.1)
             return await collect(conn, items_done(1))
 
     events = asyncio.run(main())

@@ -383,3 +383,11 @@ def test_mic_input_device_is_not_the_model_device(monkeypatch: pytest.MonkeyPatc
     assert mic_options(parse("mic", "--device", "pulse")).device == "pulse"  # the old spelling
     monkeypatch.setenv("ICHIGO_INPUT_DEVICE", "2")
     assert mic_options(parse("mic")).device == "2"
+
+
+def test_max_text_tokens_reaches_the_server_config_within_whispers_cap() -> None:
+    assert config_from_args(parse("serve")).max_text_tokens is None  # Whisper's own, 224
+    assert config_from_args(parse("serve", "--max-text-tokens", "12")).max_text_tokens == 12
+    for bad in ("0", "225", "1.5"):
+        with pytest.raises(SystemExit):
+            parse("serve", "--max-text-tokens", bad)
