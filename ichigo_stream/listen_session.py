@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 
+from .actions import Action, Close, Count, Job, JobResult, Send
 from .errors import CloseCode, ProtocolError
 from .listen_messages import (
     ConfigureFailure,
@@ -41,7 +42,7 @@ from .messages import (
 )
 from .model_info import ModelInfo
 from .segmentation import VadOptions
-from .session import Action, Close, Job, JobResult, Send, ServerSession
+from .session import ServerSession
 
 # Deepgram's close for data it cannot use (DATA-0000: "the payload cannot be decoded"), and
 # for a client that sent neither audio nor KeepAlive within the timeout (NET-0001).
@@ -210,6 +211,8 @@ class ListenSession:
     def _translate(self, inner: list[Action], schema_message: str | None = None) -> list[Action]:
         out: list[Action] = []
         for action in inner:
+            if isinstance(action, Send):
+                out.append(Count(action.message))  # in /metrics as on /v1/stream
             if isinstance(action, Close):
                 self.state = "closed"
                 code, reason = (

@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .actions import Action, Cancel, Close, Count, Job, JobResult, Send, Submit
 from .constants import SAMPLE_RATE
 from .errors import ProtocolError
 from .manual_segmentation import ManualSegmenter
@@ -47,7 +48,7 @@ from .realtime_events import (
     session_object,
 )
 from .segmentation import Span, VadOptions, VadSegmenter
-from .session import Action, Cancel, Close, Job, JobResult, Send, ServerSession, Submit
+from .session import ServerSession
 
 BYTES_PER_SAMPLE = 2  # audio/pcm is 16-bit little-endian mono
 CONTENT_INDEX = 0  # the one content part (input_audio) of every item
@@ -285,6 +286,8 @@ class RealtimeSession:
             and a.message.segment is not None
         }
         for action in actions:
+            if isinstance(action, Send):
+                out.append(Count(action.message))  # in /metrics as on /v1/stream
             if isinstance(action, Submit | Cancel):
                 out.append(action)
                 continue

@@ -302,7 +302,7 @@ def beta_session_object(session_id: str, config: RealtimeConfig) -> dict[str, An
 
 @dataclass(frozen=True)
 class RealtimeEvent:
-    """One server event: what session.Send carries (to_json), `type` first on the wire."""
+    """One server event: what actions.Send carries (to_json), `type` first on the wire."""
 
     type: str
     fields: dict[str, Any]

@@ -8,14 +8,14 @@ clock, so the whole protocol is tested without either.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
+from .actions import Action, Cancel, Close, Job, JobResult, Send, Submit
 from .audio import PcmStreamDecoder
 from .captions import LocalAgreement
 from .constants import SAMPLE_RATE
@@ -32,7 +32,6 @@ from .messages import (
     Partial,
     Ready,
     Segment,
-    ServerMessage,
     SessionLimits,
     SpeechStart,
     Start,
@@ -54,90 +53,12 @@ from .segmentation import (
 from .stream_buffer import AudioBuffer
 from .tokens import format_tokens
 
-_job_ids = itertools.count()
-
-
-@dataclass(frozen=True, eq=False)
-class Job:
-    """Model work: the tokens (and maybe text) of [start, end) of one session's audio."""
-
-    session: str
-    segment: int
-    kind: Literal["final", "partial"]
-    start: int  # samples on the session's 16 kHz timeline, offset excluded
-    end: int
-    audio: np.ndarray
-    text: bool = False
-    language: str | None = None
-    # Whisper text tokens the text decoding must start with: the segment's agreed caption.
-    text_prefix: tuple[int, ...] = ()
-    id: int = field(default_factory=lambda: next(_job_ids))
-
-
-@dataclass(frozen=True)
-class JobResult:
-    tokens: list[int] | None = None
-    text: str | None = None
-    error: str | None = None
-    # With text: the decoding's Whisper text tokens (the job's text_prefix first) and the
-    # UTF-8 bytes of each, what the session's LocalAgreement works on.
-    text_tokens: tuple[int, ...] | None = None
-    text_pieces: tuple[bytes, ...] | None = None
-
-
-class WireMessage(Protocol):
-    """What a Send carries: a v1 message, or an event of another protocol an adapter speaks."""
-
-    def to_json(self) -> str: ...
-
-
-@dataclass(frozen=True)
-class Send:
-    message: ServerMessage | WireMessage
-
-
-@dataclass(frozen=True)
-class Submit:
-    job: Job
-
-
-@dataclass(frozen=True)
-class Cancel:
-    job: Job
-
-
-@dataclass(frozen=True)
-class Close:
-    code: int
-    reason: str = ""
-
-
-Action = Send | Submit | Cancel | Close
-
 
 @dataclass
 class _Final:
     job: Job
     closed_at: float | None = None  # when the endpoint was decided; None while speculative
     result: JobResult | None = None
-
-
-class SessionMachine(Protocol):
-    """What the I/O layer drives for one WebSocket connection, whatever protocol it speaks:
-    ServerSession (v1) and the adapters for other protocols over it."""
-
-    id: str
-
-    def opened(self, now: float) -> list[Action]: ...
-    def receive(self, data: str | bytes, now: float) -> list[Action]: ...
-    def job_done(self, job: Job, result: JobResult, now: float) -> list[Action]: ...
-    def check_timeouts(self, now: float) -> list[Action]: ...
-    def shutdown(self, now: float) -> list[Action]: ...
-    def fail(self, error: ProtocolError) -> list[Action]: ...
-    def connection_lost(self, now: float) -> list[Action]: ...
-
-    @property
-    def audio_seconds(self) -> float: ...
 
 
 class ServerSession:

@@ -20,6 +20,17 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from ichigo_stream.actions import (
+    Action,
+    Cancel,
+    Close,
+    Count,
+    Job,
+    JobResult,
+    Send,
+    SessionMachine,
+    Submit,
+)
 from ichigo_stream.errors import CloseCode, IchigoStreamError, ProtocolError
 from ichigo_stream.listen_protocol import (
     LISTEN_PATH,
@@ -37,17 +48,7 @@ from ichigo_stream.protocol import STREAM_PATH, quote
 from ichigo_stream.realtime import RealtimeSession
 from ichigo_stream.realtime_events import REALTIME_PATH, REALTIME_SUBPROTOCOL
 from ichigo_stream.segmentation import VadOptions
-from ichigo_stream.session import (
-    Action,
-    Cancel,
-    Close,
-    Job,
-    JobResult,
-    Send,
-    ServerSession,
-    SessionMachine,
-    Submit,
-)
+from ichigo_stream.session import ServerSession
 
 from .config import ServerConfig
 from .listener import Listener, tls_context
@@ -388,6 +389,8 @@ class StreamServer:
                     self._evict(self.worker.submit(action.job))
             elif isinstance(action, Cancel):
                 self.worker.cancel(action.job)
+            elif isinstance(action, Count):
+                self.metrics.observe_message(action.message)
             else:
                 if isinstance(action, Send):
                     self.metrics.observe_message(action.message)

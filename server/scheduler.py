@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 
-from ichigo_stream.session import Job
+from ichigo_stream.actions import Job
 
 # Shares of the held-audio budget at which partials, then new sessions, are turned away:
 # partials are best effort and superseded within partial_interval_ms anyway; refusing a new

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
-from ichigo_stream.session import Job
+from ichigo_stream.actions import Job
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ichigo_stream.actions import Job, JobResult
 from ichigo_stream.model import IchigoTokenizer
 from ichigo_stream.pipeline import clip_tokens
-from ichigo_stream.session import Job, JobResult
 from ichigo_stream.text_decoding import DecodedText, TextRequest, decode_texts
 
 from .metrics import BATCH_BUCKETS, Histogram

@@ -7,7 +7,7 @@ Here each word is one text token: a stable id per word, its piece " word".
 
 from __future__ import annotations
 
-from ichigo_stream.session import Job, JobResult
+from ichigo_stream.actions import Job, JobResult
 
 _ids: dict[str, int] = {}
 _pieces: dict[int, bytes] = {}

@@ -43,6 +43,7 @@ from streaming import (
 )
 from websockets.exceptions import InvalidStatus
 
+from ichigo_stream.actions import Action, Job, JobResult
 from ichigo_stream.assets import sample_path
 from ichigo_stream.audio import pcm16_to_float32, to_pcm16
 from ichigo_stream.constants import SAMPLE_RATE
@@ -54,7 +55,7 @@ from ichigo_stream.model_info import ModelInfo
 from ichigo_stream.options import LoadOptions
 from ichigo_stream.segmentation import SegmentClosed, VadSegmenter, segment_vad
 from ichigo_stream.server_process import ServerProcess
-from ichigo_stream.session import Action, Job, JobResult, ServerSession, SessionLimits
+from ichigo_stream.session import ServerSession, SessionLimits
 from ichigo_stream.tokens import to_ichigo_rle
 from ichigo_stream_server.app import StreamServer, running_server
 from ichigo_stream_server.config import ServerConfig

@@ -17,11 +17,11 @@ import torch
 from models import ModelFiles
 from streaming import http_get
 
+from ichigo_stream.actions import Job, JobResult
 from ichigo_stream.geometry import TokenGeometry
 from ichigo_stream.loading import LoadOptions, load_tokenizer
 from ichigo_stream.model import IchigoTokenizer
 from ichigo_stream.model_info import ModelInfo
-from ichigo_stream.session import Job, JobResult
 from ichigo_stream_server.app import StreamServer, running_server
 from ichigo_stream_server.config import ServerConfig
 from ichigo_stream_server.lifecycle import configure_torch

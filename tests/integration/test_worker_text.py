@@ -13,9 +13,9 @@ import torch
 from models import ModelFiles
 
 import ichigo_stream_server.worker as worker_module
+from ichigo_stream.actions import Job, JobResult
 from ichigo_stream.loading import LoadOptions, load_tokenizer
 from ichigo_stream.model import IchigoTokenizer
-from ichigo_stream.session import Job, JobResult
 from ichigo_stream.text_decoding import DecodedText, TextRequest, decode_texts
 from ichigo_stream_server.worker import ModelWorker
 

@@ -13,13 +13,14 @@ from typing import Any
 
 import pytest
 
+from ichigo_stream.actions import Action, Close, Send
 from ichigo_stream.errors import CloseCode, ProtocolError
 from ichigo_stream.languages import LANGUAGE_CODES, WHISPER_LANGUAGES
 from ichigo_stream.message_rate import EMPTY_MESSAGE_COST
 from ichigo_stream.messages import Capabilities, SessionLimits, parse_client_message
 from ichigo_stream.model_info import ModelInfo
 from ichigo_stream.protocol import QUOTE_CHARS, parse_start
-from ichigo_stream.session import Action, Close, Send, ServerSession
+from ichigo_stream.session import ServerSession
 
 MODEL = ModelInfo("test.pth", "0" * 64, 2561, 2048, 25, "tiny")
 CHUNK_10MS = bytes(320)  # 10 ms of 16 kHz pcm_s16le

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from test_session import Driver, fake_tokens, sample  # noqa: F401  # sample: a fixture
 
+from ichigo_stream.actions import Job, JobResult
 from ichigo_stream.captions import LocalAgreement, caption_text, common_prefix
-from ichigo_stream.session import Job, JobResult
 
 # Text tokens of a toy vocabulary: each id stands for these bytes. Some pieces split
 # multi-byte characters ("é" is C3 A9, "日" is E6 97 A5), as Whisper's byte-level BPE does.

@@ -19,15 +19,15 @@ import numpy as np
 import pytest
 from captioning import text_result
 
+from ichigo_stream.actions import Action, Cancel, Close, Count, Job, JobResult, Send, Submit
 from ichigo_stream.audio import to_pcm16
 from ichigo_stream.constants import SAMPLE_RATE
 from ichigo_stream.errors import CloseCode
 from ichigo_stream.listen_protocol import ListenOptions, parse_listen_query
 from ichigo_stream.listen_session import ListenSession, model_fields
-from ichigo_stream.messages import Capabilities, SessionLimits
+from ichigo_stream.messages import Capabilities, ErrorMessage, Segment, ServerMessage, SessionLimits
 from ichigo_stream.model_info import ModelInfo
 from ichigo_stream.segmentation import VadOptions
-from ichigo_stream.session import Action, Cancel, Close, Job, JobResult, Send, Submit
 
 MODEL = ModelInfo("fake.pth", "0" * 64, 2561, 2048, 25, "medium")
 Speak = Callable[..., np.ndarray]
@@ -62,6 +62,7 @@ class Driver:
     vad: VadOptions | None = None
     now: float = 0.0
     sent: list[dict[str, Any]] = field(default_factory=list)
+    counted: list[ServerMessage] = field(default_factory=list)  # Count actions' v1 messages
     cancelled: list[Job] = field(default_factory=list)
     closed: Close | None = None
     fail_segment: int | None = None  # the model fails this segment's final job
@@ -80,7 +81,9 @@ class Driver:
         jobs: list[Job] = []
         for action in actions:
             assert self.closed is None, f"{action} after {self.closed}"
-            if isinstance(action, Send):
+            if isinstance(action, Count):
+                self.counted.append(action.message)  # the v1 message, for /metrics
+            elif isinstance(action, Send):
                 self.sent.append(json.loads(action.message.to_json()))
             elif isinstance(action, Submit):
                 jobs.append(action.job)
@@ -449,3 +452,15 @@ def test_a_message_flood_is_too_fast_as_on_v1_stream() -> None:
     d.apply(d.session.receive(b"\x00\x00", d.now))
     assert d.sent[-1]["type"] == "Error" and d.sent[-1]["code"] == "too_fast"
     assert d.closed is not None and d.closed.code == CloseCode.POLICY_VIOLATION
+
+
+def test_v1_messages_behind_the_results_are_counted_for_metrics(pcm: bytes) -> None:
+    # /metrics counts segments and errors of every endpoint: the adapter hands the I/O layer
+    # each v1 message it rendered as a Count.
+    d = Driver("", fail_segment=1)
+    d.audio(pcm)
+    d.control("CloseStream")
+    finals = [m for m in d.sent if m["type"] == "Results" and m["is_final"]]
+    assert len([m for m in d.counted if isinstance(m, Segment)]) == len(finals) == 2
+    errors = [m for m in d.counted if isinstance(m, ErrorMessage)]
+    assert [e.segment for e in errors] == [1]

@@ -20,24 +20,15 @@ import pytest
 import soundfile as sf
 from captioning import text_result
 
+from ichigo_stream.actions import Action, Cancel, Close, Count, Job, JobResult, Send, Submit
 from ichigo_stream.assets import sample_path
 from ichigo_stream.audio import resample
 from ichigo_stream.errors import CloseCode, ProtocolError
-from ichigo_stream.messages import Capabilities
+from ichigo_stream.messages import Capabilities, Segment, ServerMessage
 from ichigo_stream.model_info import ModelInfo
 from ichigo_stream.realtime import RealtimeSession
 from ichigo_stream.segmentation import VadOptions
-from ichigo_stream.session import (
-    Action,
-    Cancel,
-    Close,
-    Job,
-    JobResult,
-    Send,
-    ServerSession,
-    SessionLimits,
-    Submit,
-)
+from ichigo_stream.session import ServerSession, SessionLimits
 from ichigo_stream.tokens import to_ichigo
 
 MODEL = ModelInfo("fake.pth", "0" * 64, 2561, 2048, 25, "medium")
@@ -68,6 +59,7 @@ class Driver:
     vad: VadOptions | None = None
     now: float = 0.0
     sent: list[dict[str, Any]] = field(default_factory=list)
+    counted: list[ServerMessage] = field(default_factory=list)  # Count actions' v1 messages
     submitted: list[Job] = field(default_factory=list)
     closed: Close | None = None
     partials_answered: Counter[int] = field(default_factory=Counter)
@@ -100,7 +92,9 @@ class Driver:
         jobs = []
         for action in actions:
             assert self.closed is None, f"{action} after {self.closed}"
-            if isinstance(action, Send):
+            if isinstance(action, Count):
+                self.counted.append(action.message)  # the v1 message, for /metrics
+            elif isinstance(action, Send):
                 self.sent.append(json.loads(action.message.to_json()))
             elif isinstance(action, Submit):
                 self.submitted.append(action.job)
@@ -558,3 +552,16 @@ def test_a_message_flood_is_too_fast_and_closes_as_on_v1_stream() -> None:
     d.send("{}")
     assert d.closed is not None and d.closed.code == CloseCode.POLICY_VIOLATION
     assert d.sent[-1]["type"] == "error" and d.sent[-1]["error"]["code"] == "too_fast"
+
+
+def test_v1_messages_behind_the_events_are_counted_for_metrics(sample24: bytes) -> None:
+    # /metrics counts segments, partials and errors of every endpoint: the adapter hands the
+    # I/O layer each v1 message it rendered as a Count.
+    d = Driver()
+    d.append(sample24[: 4 * RATE] + silence(1.0))
+    completed = d.of_type("conversation.item.input_audio_transcription.completed")
+    counted = [m for m in d.counted if isinstance(m, Segment)]
+    assert completed and len(counted) == len(completed)
+    assert [round(m.start * 1000) for m in counted] == [
+        e["audio_start_ms"] for e in d.of_type("input_audio_buffer.speech_started")
+    ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ichigo_stream.session import Job
+from ichigo_stream.actions import Job
 from ichigo_stream_server.scheduler import QueueOptions, WorkQueue
 
 SECOND = 16_000 * 4  # bytes of one second of float32 audio at 16 kHz

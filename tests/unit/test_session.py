@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from ichigo_stream.actions import Action, Cancel, Close, Job, JobResult, Send, Submit
 from ichigo_stream.assets import sample_path
 from ichigo_stream.audio import float32_to_pcm16, pcm16_to_float32, resample
 from ichigo_stream.constants import SAMPLE_RATE
@@ -29,17 +30,7 @@ from ichigo_stream.errors import CloseCode, ProtocolError
 from ichigo_stream.messages import Capabilities, ErrorMessage
 from ichigo_stream.model_info import ModelInfo
 from ichigo_stream.segmentation import VadOptions, segment_vad
-from ichigo_stream.session import (
-    Action,
-    Cancel,
-    Close,
-    Job,
-    JobResult,
-    Send,
-    ServerSession,
-    SessionLimits,
-    Submit,
-)
+from ichigo_stream.session import ServerSession, SessionLimits
 from ichigo_stream.tokens import format_tokens
 
 SAMPLE_WAV = sample_path()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ichigo_stream.session import Job
+from ichigo_stream.actions import Job
 from ichigo_stream_server.text_queue import TextQueue
 
 
