@@ -90,3 +90,10 @@ def test_the_wheel_installs_only_namespaced_packages(tmp_path: Path) -> None:
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     for command in ("serve", "send", "demo", "mic"):
         assert f"{command} = ichigo_stream_" in text
+
+
+def test_test_modules_have_unique_names() -> None:
+    # The test folders are not packages (rootdir-relative imports): pytest imports each test
+    # file by its basename, so two test_x.py in different folders fail collection.
+    names = sorted(p.name for p in (ROOT / "tests").rglob("test_*.py"))
+    assert len(names) == len(set(names)), sorted({n for n in names if names.count(n) > 1})

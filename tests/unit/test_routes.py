@@ -3,7 +3,7 @@
 The malformed requests of the abuse probe (a NUL in the path, a 300-character .js name, two
 Authorization headers) get a 4xx; methods other than GET/HEAD get 405 with Allow; HEAD has no
 body; the page is served only from the allowlist; /metrics sits behind its token; every
-response carries the security headers. tests/integration/test_abuse.py sends the same
+response carries the security headers. tests/integration/test_abuse_server.py sends the same
 requests to a real server.
 """
 
