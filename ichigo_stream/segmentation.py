@@ -191,25 +191,32 @@ class VadSegmenter:
         return self._finished
 
     def push(self, samples: np.ndarray) -> list[VadEvent]:
-        """Feed mono 16 kHz samples (float in [-1, 1] or int16, any length)."""
+        """Feed mono 16 kHz samples (float in [-1, 1] or int16, any length).
+
+        int16 PCM is read as it is (no copy, no float round trip): webrtcvad takes the bytes
+        of each frame straight from it, and the frames' RMS is taken for all whole frames at
+        once. Float samples are converted to PCM once (vad_pcm16), the same PCM either way.
+        """
         if self._finished:
             raise SegmentationError("push() after finish(): the segmenter is finished")
-        pcm = vad_pcm16(samples)
-        self._position += len(pcm)
+        pcm = np.ascontiguousarray(vad_pcm16(samples))
+        n = len(pcm)
+        self._position += n
         events: list[VadEvent] = []
         i = 0
         if self._n_pending:
-            i = min(self._frame - self._n_pending, len(pcm))
+            i = min(self._frame - self._n_pending, n)
             self._pending[self._n_pending : self._n_pending + i] = pcm[:i]
             self._n_pending += i
             if self._n_pending < self._frame:
                 return events
             self._n_pending = 0
-            self._frame_step(self._pending, events)
-        while len(pcm) - i >= self._frame:
-            self._frame_step(pcm[i : i + self._frame], events)
-            i += self._frame
-        rest = len(pcm) - i
+            self._frames_step(self._pending, events)
+        whole = (n - i) // self._frame * self._frame
+        if whole:
+            self._frames_step(pcm[i : i + whole], events)
+            i += whole
+        rest = n - i
         self._pending[:rest] = pcm[i:]
         self._n_pending = rest
         return events
@@ -251,13 +258,25 @@ class VadSegmenter:
             self._prev_end = self._position
         return events
 
-    def _frame_step(self, frame: np.ndarray, events: list[VadEvent]) -> None:
+    def _frames_step(self, pcm: np.ndarray, events: list[VadEvent]) -> None:
+        """Classify whole frames of contiguous int16 PCM, in order."""
+        frame = self._frame
+        frames = pcm.reshape(-1, frame)
+        # Sums of squares are exact in int64 (at most 2**30 per sample), so each RMS is the
+        # same float as the mean of float64 squares would give, whatever the summation order.
+        sums = np.einsum("ij,ij->i", frames, frames, dtype=np.int64).tolist()
+        raw = memoryview(pcm).cast("B")  # webrtcvad reads frames' bytes from here, uncopied
+        step = 2 * frame
+        for k, sum_sq in enumerate(sums):
+            voiced = self._vad.is_speech(raw[k * step : (k + 1) * step], SAMPLE_RATE)
+            self._frame_step(voiced, math.sqrt(sum_sq / frame), events)
+
+    def _frame_step(self, voiced: bool, rms: float, events: list[VadEvent]) -> None:
+        """One frame's decision, given webrtcvad's verdict and its RMS (int16 units)."""
         opts = self.options
         f_end = (self._frames_done + 1) * self._frame
         self._frames_done += 1
-        rms = float(np.sqrt(np.mean(np.square(frame, dtype=np.float64))))  # int16 units
         self._rms.append((f_end, rms))
-        voiced = self._vad.is_speech(frame.tobytes(), SAMPLE_RATE)
 
         if self._start is None:
             if not voiced:
