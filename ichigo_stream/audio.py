@@ -97,11 +97,19 @@ def to_pcm16(samples: np.ndarray) -> np.ndarray:
         raise AudioError(f"expected float or int16 samples, got dtype {samples.dtype}")
     if not np.isfinite(samples).all():
         raise AudioError("cannot convert non-finite samples (NaN or inf) to 16-bit PCM")
+    return finite_to_pcm16(samples)
+
+
+def finite_to_pcm16(samples: np.ndarray) -> np.ndarray:
+    """to_pcm16's rule for float samples already known to be finite, in one working copy."""
     # A finite value beyond float32's range (or x * 2**15 beyond it) becomes +-inf here,
     # which clips like any other loud sample.
     with np.errstate(over="ignore"):
-        scaled = np.rint(samples.astype(np.float32) * np.float32(PCM16_SCALE))
-    return np.clip(scaled, PCM16_MIN, PCM16_MAX).astype(np.int16)
+        scaled = samples.astype(np.float32)  # a copy: the steps below work in place
+        scaled *= np.float32(PCM16_SCALE)
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, PCM16_MIN, PCM16_MAX, out=scaled)
+    return scaled.astype(np.int16)
 
 
 def float32_to_pcm16(x: np.ndarray) -> bytes:
