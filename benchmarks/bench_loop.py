@@ -107,10 +107,11 @@ async def _one_session(server: object, messages: list[str | bytes]) -> float:
 
 async def _child(spec: dict) -> dict:
     import ichigo_stream
+    import ichigo_stream_server
     from ichigo_stream.messages import SessionLimits
     from ichigo_stream.model_info import ModelInfo
-    from server.app import StreamServer
-    from server.config import ServerConfig
+    from ichigo_stream_server.app import StreamServer
+    from ichigo_stream_server.config import ServerConfig
 
     unlimited = SessionLimits(
         max_realtime=math.inf,
@@ -129,7 +130,8 @@ async def _child(spec: dict) -> dict:
         await _one_session(server, messages)  # warm: imports, caches, allocator
         cpu = [await _one_session(server, messages) for _ in range(spec["sessions"])]
         out[str(chunk_ms)] = [c / spec["seconds"] for c in cpu]
-    return {"module": ichigo_stream.__file__, "cpu_per_audio_s": out}
+    modules = [ichigo_stream.__file__, ichigo_stream_server.__file__]
+    return {"modules": modules, "cpu_per_audio_s": out}
 
 
 # -- parent: both code bases, alternately ----------------------------------------------------
@@ -144,6 +146,8 @@ def _export(commit: str, into: Path) -> Path:
         capture_output=True,
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    # The name the server application is installed under (pyproject's package-dir).
+    (tree / "server").rename(tree / "ichigo_stream_server")
     return tree
 
 
@@ -158,8 +162,9 @@ def _run_child(tree: Path, spec: dict) -> dict:
         text=True,
     )
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    if not Path(result["module"]).resolve().is_relative_to(tree.resolve()):
-        raise RuntimeError(f"the child imported {result['module']}, not the tree {tree}")
+    for module in result["modules"]:
+        if not Path(module).resolve().is_relative_to(tree.resolve()):
+            raise RuntimeError(f"the child imported {module}, not the tree {tree}")
     return result
 
 
