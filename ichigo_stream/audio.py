@@ -97,11 +97,19 @@ def to_pcm16(samples: np.ndarray) -> np.ndarray:
         raise AudioError(f"expected float or int16 samples, got dtype {samples.dtype}")
     if not np.isfinite(samples).all():
         raise AudioError("cannot convert non-finite samples (NaN or inf) to 16-bit PCM")
+    return finite_to_pcm16(samples)
+
+
+def finite_to_pcm16(samples: np.ndarray) -> np.ndarray:
+    """to_pcm16's rule for float samples already known to be finite, in one working copy."""
     # A finite value beyond float32's range (or x * 2**15 beyond it) becomes +-inf here,
     # which clips like any other loud sample.
     with np.errstate(over="ignore"):
-        scaled = np.rint(samples.astype(np.float32) * np.float32(PCM16_SCALE))
-    return np.clip(scaled, PCM16_MIN, PCM16_MAX).astype(np.int16)
+        scaled = samples.astype(np.float32)  # a copy: the steps below work in place
+        scaled *= np.float32(PCM16_SCALE)
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, PCM16_MIN, PCM16_MAX, out=scaled)
+    return scaled.astype(np.int16)
 
 
 def float32_to_pcm16(x: np.ndarray) -> bytes:
@@ -269,11 +277,16 @@ PCM_DTYPES = {"pcm_s16le": np.dtype("<i2"), "pcm_f32le": np.dtype("<f4")}
 
 
 class PcmStreamDecoder:
-    """Raw PCM messages of one live stream -> mono float32 at 16 kHz.
+    """Raw PCM messages of one live stream -> mono samples at 16 kHz.
 
     Stateful: its StreamResampler carries the filter state across messages, so a stream cut
     into messages anywhere resamples like one signal. 16 kHz input is not resampled at all
     (bit-exact with reading the same PCM from a file).
+
+    Mono 16-bit PCM at 16 kHz is already what the VAD reads, so decode() returns it as an
+    int16 view of the message (`pcm16_passthrough`): no copy, and no int16 -> float -> int16
+    round trip on every message. Whoever needs floats reads it with pcm16_to_float32, which
+    gives exactly the floats the float path would have. Every other format decodes to float32.
     """
 
     def __init__(self, sample_rate: int, encoding: str, channels: int) -> None:
@@ -282,6 +295,12 @@ class PcmStreamDecoder:
         self.dtype = PCM_DTYPES[encoding]
         self.channels = channels
         self.frame_bytes = self.dtype.itemsize * channels
+        # (On a big-endian machine "<i2" is not the native int16: the float path then reads it.)
+        self.pcm16_passthrough = (
+            self.dtype == np.dtype(np.int16) and channels == 1 and sample_rate == SAMPLE_RATE
+        )
+        # What decode() returns: int16 (PCM passed through) or float32.
+        self.output_dtype = np.dtype(np.int16) if self.pcm16_passthrough else np.dtype(np.float32)
         self._resampler = StreamResampler(sample_rate, SAMPLE_RATE)
 
     def decode(self, data: bytes) -> np.ndarray:
@@ -291,6 +310,8 @@ class PcmStreamDecoder:
                 f"({self.dtype.itemsize * 8}-bit x {self.channels} channel(s))"
             )
         raw = np.frombuffer(data, dtype=self.dtype)
+        if self.pcm16_passthrough:
+            return raw  # a read-only view of the message's bytes
         if self.dtype.kind == "f":
             if not np.isfinite(raw).all():
                 raise AudioError("audio contains NaN or infinite samples")
@@ -300,5 +321,5 @@ class PcmStreamDecoder:
         return self._resampler.push(downmix(samples.reshape(-1, self.channels)))
 
     def finish(self) -> np.ndarray:
-        """The resampler's tail at the end of the stream."""
-        return self._resampler.flush()
+        """The resampler's tail at the end of the stream (none when nothing is resampled)."""
+        return self._resampler.flush().astype(self.output_dtype, copy=False)

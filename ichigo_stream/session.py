@@ -96,7 +96,7 @@ class ServerSession:
         self._message_rate = MessageRate(self.limits.max_messages_per_s, now)
         self._decoder: PcmStreamDecoder | None = None
         self._vad: VadSegmenter | ManualSegmenter | None = None
-        self._buffer = AudioBuffer()
+        self._buffer = AudioBuffer(capacity=0)  # replaced at start, in the decoder's dtype
         self._finals: dict[int, _Final] = {}  # by segment index, until sent
         self._next_to_send = 0
         self._partial: Job | None = None  # the latest partial in flight
@@ -268,6 +268,8 @@ class ServerSession:
             )
         self.options = options
         self._decoder = PcmStreamDecoder(options.sample_rate, options.encoding, options.channels)
+        # Kept as the decoder gives it: 16 kHz PCM stays int16 until a job's slice.
+        self._buffer = AudioBuffer(dtype=self._decoder.output_dtype)
         self._vad = self._make_segmenter(options.vad)
         self.state = "streaming"
         ready = Ready(PROTOCOL_VERSION, self.id, self.model, SAMPLE_RATE, self.capabilities)

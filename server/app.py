@@ -285,6 +285,9 @@ class StreamServer:
         return wanted if wanted in offered else None
 
     def _render_metrics(self, *, openmetrics: bool = False) -> str:
+        # Audio is counted when metrics are read and when a session ends, not per message.
+        for conn in self.connections.values():
+            self._count_audio(conn)
         stats = self.worker.stats_snapshot()
         return self.metrics.render_server(
             open_sessions=len(self.connections),
@@ -353,12 +356,12 @@ class StreamServer:
         try:
             async for message in ws:
                 self._act(conn, session.receive, message, self._loop.time())
-                self._count_audio(conn)
         except ConnectionClosed:
             pass
         finally:
             # The session cancels its own work and closes; the Close only ends the writer.
             self._act(conn, session.connection_lost, self._loop.time())
+            self._count_audio(conn)
             conn.outbox.put_nowait(Close(CloseCode.NORMAL))
             await writer
             del self.connections[session.id]
@@ -426,6 +429,7 @@ class StreamServer:
                 await conn.ws.send(action.message.to_json())
 
     def _count_audio(self, conn: _Connection) -> None:
+        """Add what the session received since it was last counted to the audio counter."""
         seconds = conn.session.audio_seconds
         self.metrics.audio_seconds_in += seconds - conn.audio_seconds
         conn.audio_seconds = seconds
