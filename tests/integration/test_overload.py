@@ -101,9 +101,7 @@ async def session(port: int, audio: bytes) -> tuple[Outcome, float]:
 
 
 def metric(page: str, name: str) -> float:
-    samples = {
-        s.name: s.value for f in text_string_to_metric_families(page) for s in f.samples
-    }
+    samples = {s.name: s.value for f in text_string_to_metric_families(page) for s in f.samples}
     return samples[name]
 
 
