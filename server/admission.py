@@ -20,6 +20,12 @@ max_retry_s]). Partials are best effort and shed first: when finals and partials
 predict more than the capacity, only the share of partials that fits is accepted (the others
 are dropped on submission, spread evenly); finals are never dropped here, new sessions are
 refused instead.
+
+Floor. With fewer than `min_sessions` open, a new session is admitted whatever the
+prediction: at a handful of sessions the estimates are noise (a test's unpaced burst of three
+segments reads as a second's worth of windows), refusing the second session of a server
+protects nobody much, and each session's own cost is bounded by its window budget
+(--max-windows-per-s). The decision for the sessions past the floor is the prediction's.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ class AdmissionOptions:
     time_constant_s: float = 5.0  # of each session's demand estimate
     prior_windows_per_s: float = 1 / 3  # a newcomer's rate when no session speaks
     grace_s: float = 3.0  # a new session counts at least at the newcomer's rate this long
+    min_sessions: int = 4  # admitted whatever the prediction while fewer are open
     min_retry_s: float = 1.0
     max_retry_s: float = 30.0
 
@@ -54,6 +61,8 @@ class AdmissionOptions:
             raise ValueError(f"headroom must be > 0, got {self.headroom}")
         if not (self.time_constant_s > 0 and self.prior_windows_per_s > 0 and self.grace_s >= 0):
             raise ValueError("time_constant_s and prior_windows_per_s must be > 0, grace_s >= 0")
+        if self.min_sessions < 0:
+            raise ValueError(f"min_sessions must be >= 0, got {self.min_sessions}")
         if not 0 < self.min_retry_s <= self.max_retry_s:
             raise ValueError("need 0 < min_retry_s <= max_retry_s")
 
@@ -187,12 +196,13 @@ class AdmissionControl:
         busy = sum(1 for f, _, new in rates if new or f >= SPEAKING_MIN) + 1
         capacity = self.capacity.windows_per_s(busy)
         o = self.options
+        headroom = math.inf if len(self._sessions) < o.min_sessions else o.headroom
         return _decide(
             capacity,
             finals,
             partials,
             newcomer,
-            o.headroom,
+            headroom,
             o.time_constant_s,
             o.min_retry_s,
             o.max_retry_s,

@@ -116,7 +116,8 @@ def test_past_capacity_new_sessions_are_refused_and_admitted_ones_keep_their_lat
         max_batch=1,
         limits=limits,
         drain_timeout_s=10,
-        admission=AdmissionOptions(headroom=HEADROOM),
+        # No floor: every admission is the prediction's (server/admission.py).
+        admission=AdmissionOptions(headroom=HEADROOM, min_sessions=0),
     )
 
     async def main() -> tuple[list[tuple[Outcome, float]], list[int], int, str, Outcome]:

@@ -100,6 +100,19 @@ def test_a_burst_of_new_sessions_counts_each_at_the_newcomer_rate() -> None:
     assert admission.decide(AdmissionOptions().grace_s + 0.1).admits
 
 
+def test_below_the_floor_sessions_are_admitted_whatever_the_prediction() -> None:
+    admission = control(1.0, min_sessions=3)  # one window/s: one speaking session fills it
+    for i in range(3):
+        assert admission.admit(f"s{i}", 0.0).admits
+        speak(admission, f"s{i}", 2.0, 0.0, 10.0)
+    decision = admission.admit("s3", 10.0)
+    assert not decision.admits and decision.retry_after_ms == 30_000  # no room at all
+    strict = control(1.0, min_sessions=0)
+    assert strict.admit("s0", 0.0).admits  # the prior (1/3 window/s) fits
+    speak(strict, "s0", 2.0, 0.0, 10.0)
+    assert not strict.admit("s1", 10.0).admits
+
+
 def test_a_silent_session_is_not_speaking_and_does_not_lower_the_newcomer_rate() -> None:
     admission = control(100.0)
     admission.admit("talker", 0.0)
@@ -161,7 +174,12 @@ def test_an_admission_is_a_small_frozen_value_a_proxy_can_count_newcomers_on() -
 
 @pytest.mark.parametrize(
     "options",
-    [{"headroom": 0.0}, {"time_constant_s": 0.0}, {"min_retry_s": 5.0, "max_retry_s": 1.0}],
+    [
+        {"headroom": 0.0},
+        {"time_constant_s": 0.0},
+        {"min_retry_s": 5.0, "max_retry_s": 1.0},
+        {"min_sessions": -1},
+    ],
 )
 def test_bad_options_are_refused(options: dict[str, float]) -> None:
     with pytest.raises(ValueError):
