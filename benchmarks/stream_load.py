@@ -159,7 +159,10 @@ async def run_session(spec: LoadSpec, index: int, pcm: np.ndarray, offset: float
                 start["vad"] = spec.vad
             if spec.text:
                 start["text"] = True
-            await ws.send(json.dumps(start))
+            # A server at capacity refuses at once: its error may close the socket before
+            # start is sent, and is read below all the same.
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(json.dumps(start))
             ready = json.loads(await asyncio.wait_for(ws.recv(), spec.connect_timeout_s))
             t0 = loop.time()
             rec["connect_ms"] = (t0 - t_connect) * 1000

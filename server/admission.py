@@ -5,9 +5,10 @@ AdmissionControl and calls it under its lock; tests drive it directly.
 
 Demand. Each session's windows/s is estimated from its own submissions, finals and partials
 apart: an exponentially weighted count with time constant `time_constant_s`, divided by the
-time it has been observed (bias-corrected, so a session speaking for one second is not read
-as a tenth of its rate). A session just admitted has submitted nothing yet: it counts at the
-newcomer's rate for its first `grace_s`, or more if its own submissions say so. The newcomer's
+time it has been observed, at least `min_observed_s` (bias-corrected, so a session speaking
+for one second is not read as a tenth of its rate). A session just admitted has submitted
+nothing yet: until its first final (at most `pledge_max_s`: one segment can take no longer),
+it counts at the newcomer's rate, or more if its own submissions say so. The newcomer's
 rate is the mean finals rate of the sessions speaking now, or `prior_windows_per_s` when none
 does (an empty server: one segment per 3 s of speech).
 
@@ -51,7 +52,10 @@ class AdmissionOptions:
     headroom: float = 0.8  # share of the capacity predicted finals may use
     time_constant_s: float = 5.0  # of each session's demand estimate
     prior_windows_per_s: float = 1 / 3  # a newcomer's rate when no session speaks
-    grace_s: float = 3.0  # a new session counts at least at the newcomer's rate this long
+    min_observed_s: float = 3.0  # a session's rate is its submissions over at least this
+    # Until its first final, at most this long, a session counts at the newcomer's rate: a
+    # segment ends within 30 s (one Whisper window), lead-in silence and all.
+    pledge_max_s: float = 35.0
     min_sessions: int = 4  # admitted whatever the prediction while fewer are open
     min_retry_s: float = 1.0
     max_retry_s: float = 30.0
@@ -59,8 +63,10 @@ class AdmissionOptions:
     def __post_init__(self) -> None:
         if not self.headroom > 0:
             raise ValueError(f"headroom must be > 0, got {self.headroom}")
-        if not (self.time_constant_s > 0 and self.prior_windows_per_s > 0 and self.grace_s >= 0):
-            raise ValueError("time_constant_s and prior_windows_per_s must be > 0, grace_s >= 0")
+        if not (self.time_constant_s > 0 and self.prior_windows_per_s > 0):
+            raise ValueError("time_constant_s and prior_windows_per_s must be > 0")
+        if not (self.min_observed_s > 0 and self.pledge_max_s >= 0):
+            raise ValueError("min_observed_s must be > 0 and pledge_max_s >= 0")
         if self.min_sessions < 0:
             raise ValueError(f"min_sessions must be >= 0, got {self.min_sessions}")
         if not 0 < self.min_retry_s <= self.max_retry_s:
@@ -118,10 +124,11 @@ def _decide(
 class _SessionDemand:
     """One session's submissions, finals and partials, as decayed counts."""
 
-    __slots__ = ("admitted_at", "counts", "last_submitted_at", "updated_at")
+    __slots__ = ("admitted_at", "counts", "has_final", "last_submitted_at", "updated_at")
 
     def __init__(self, now: float) -> None:
         self.admitted_at = now
+        self.has_final = False
         self.updated_at = now
         self.last_submitted_at = now
         self.counts = [0.0, 0.0]  # finals, partials: exponentially decayed
@@ -137,7 +144,7 @@ class _SessionDemand:
         """(finals, partials) windows/s, bias-corrected for how long it has been observed."""
         tau = options.time_constant_s
         self.decay_to(now, tau)
-        observed = max(now - self.admitted_at, options.grace_s, 1e-3)
+        observed = max(now - self.admitted_at, options.min_observed_s)
         window = tau * -math.expm1(-observed / tau)  # tau * (1 - exp(-observed / tau))
         return self.counts[0] / window, self.counts[1] / window
 
@@ -165,6 +172,7 @@ class AdmissionControl:
             demand = self._sessions[session] = _SessionDemand(now)
         demand.decay_to(now, self.options.time_constant_s)
         demand.counts[kind == "partial"] += 1.0
+        demand.has_final |= kind == "final"
         demand.last_submitted_at = now
 
     def closed(self, session: str) -> None:
@@ -184,7 +192,8 @@ class AdmissionControl:
                 del self._sessions[session]
                 continue
             f, p = demand.rates(now, self.options)
-            rates.append((f, p, now - demand.admitted_at < self.options.grace_s))
+            pledged = not demand.has_final and now - demand.admitted_at < self.options.pledge_max_s
+            rates.append((f, p, pledged))
             if f >= SPEAKING_MIN:
                 speaking_sum += f
                 speaking += 1

@@ -96,8 +96,10 @@ def test_a_burst_of_new_sessions_counts_each_at_the_newcomer_rate() -> None:
     admission = control(3.0, headroom=1.0, prior_windows_per_s=1 / 3)
     admitted = sum(admission.admit(f"s{i}", 0.0).admits for i in range(20))
     assert admitted == 9
-    # After the grace period, silent sessions cost nothing: room again.
-    assert admission.decide(AdmissionOptions().grace_s + 0.1).admits
+    # Their first segment still to come, they count for as long as one segment can take;
+    # silent past that, they cost nothing: room again.
+    assert not admission.decide(20.0).admits
+    assert admission.decide(AdmissionOptions().pledge_max_s + 0.1).admits
 
 
 def test_below_the_floor_sessions_are_admitted_whatever_the_prediction() -> None:
@@ -118,7 +120,11 @@ def test_a_silent_session_is_not_speaking_and_does_not_lower_the_newcomer_rate()
     admission.admit("talker", 0.0)
     admission.admit("quiet", 0.0)
     speak(admission, "talker", 2.0, 0.0, 10.0)
-    decision = admission.decide(10.0)
+    # Before its first segment the quiet one counts at the newcomer's rate (one may come).
+    assert admission.decide(10.0).demand_finals == pytest.approx(4.0, rel=0.1)
+    speak(admission, "talker", 2.0, 10.0, 40.0)
+    decision = admission.decide(40.0)  # past the pledge: silent, not speaking
+    assert admission.sessions == 2
     assert decision.newcomer == pytest.approx(2.0, rel=0.1)
     assert decision.demand_finals == pytest.approx(2.0, rel=0.1)
 
