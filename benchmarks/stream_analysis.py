@@ -70,7 +70,7 @@ def analyse_session(rec: dict, pcm: np.ndarray, spec: LoadSpec) -> dict:
             partials.append((arrival - at[0]) * 1000 if at else math.nan)
         elif kind == "speech_start":
             speech_starts += 1
-        elif kind == "error":
+        elif kind == "error" and not rec.get("refused"):
             errors.append(f"{msg.get('code')}: {msg.get('message')}")
         elif kind == "done":
             done, done_at = msg, arrival
@@ -99,9 +99,18 @@ def analyse_session(rec: dict, pcm: np.ndarray, spec: LoadSpec) -> dict:
     unexpected = [r for r in rows if r["reason"] is None]
     send_lag = (sent[:n_sent] - due[:n_sent]) * 1000
     done_ms = (done_at - stop_sent) * 1000 if done_at is not None and stop_sent else None
-    if rec.get("close_code") not in (1000, None) or (rec.get("close_code") is None and not errors):
+    refused = rec.get("refused")
+    if refused is not None and rec.get("close_code") != 1013:
+        errors.append(f"refused, then closed with code {rec.get('close_code')}, not 1013")
+    elif refused is not None:
+        pass  # refused at the door (limit, 1013): counted apart, not an error
+    elif rec.get("close_code") not in (1000, None) or (
+        rec.get("close_code") is None and not errors
+    ):
         errors.append(f"closed with code {rec.get('close_code')}")
-    if done is None and not errors:
+    if refused is not None:
+        pass
+    elif done is None and not errors:
         errors.append("no done message")
     elif done is not None and done.get("segments") != len(segments):
         errors.append(f"done says {done.get('segments')} segments, {len(segments)} received")
@@ -159,6 +168,7 @@ def summarise(
     lost = sum(len(s["segments_lost"]) for s in sessions)
     unexpected = sum(len(s["segments_unexpected"]) for s in sessions)
     errored = [s["index"] for s in sessions if s["errors"]]
+    refused = [s["refused"] for s in sessions if s.get("refused")]
     done = [s["done_ms"] for s in sessions if s["done_ms"] is not None]
     result = dict(
         sessions_n=n,
@@ -173,6 +183,10 @@ def summarise(
         segments_lost=lost,
         segments_unexpected=unexpected,
         sessions_with_errors=errored,
+        # Turned away by admission control (limit, 1013): how many, how fast, retry_after_ms.
+        sessions_refused=len(refused),
+        refusal_answer_ms=percentiles([r["answer_ms"] for r in refused]),
+        retry_after_ms=percentiles([r["retry_after_ms"] or 0 for r in refused]),
         sessions_lagging=[s["index"] for s in sessions if s["lagging"]],
         eos_ms=percentiles(col("eos_ms")),
         decision_ms=percentiles(col("decision_ms")),

@@ -129,6 +129,7 @@ async def run_session(spec: LoadSpec, index: int, pcm: np.ndarray, offset: float
     except Exception as e:
         rec["errors"].append(f"connect: {type(e).__name__}: {e}")
         return rec
+    t_open = loop.time()
 
     async def sender() -> None:
         for i in range(n_chunks):
@@ -158,10 +159,22 @@ async def run_session(spec: LoadSpec, index: int, pcm: np.ndarray, offset: float
                 start["vad"] = spec.vad
             if spec.text:
                 start["text"] = True
-            await ws.send(json.dumps(start))
+            # A server at capacity refuses at once: its error may close the socket before
+            # start is sent, and is read below all the same.
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(json.dumps(start))
             ready = json.loads(await asyncio.wait_for(ws.recv(), spec.connect_timeout_s))
             t0 = loop.time()
             rec["connect_ms"] = (t0 - t_connect) * 1000
+            if ready.get("type") == "error" and ready.get("code") == "limit":
+                # Refused at the door (admission control): not a failure, a figure.
+                rec["refused"] = dict(
+                    retry_after_ms=ready.get("retry_after_ms"), answer_ms=(t0 - t_open) * 1000
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ws.wait_closed(), spec.connect_timeout_s)
+                rec["close_code"] = ws.close_code
+                return rec
             if ready.get("type") != "ready":
                 rec["errors"].append(f"expected ready, got {ready}")
                 return rec

@@ -36,6 +36,14 @@ def print_run(r: dict, bar_ms: float | None) -> None:
         f"sessions with errors: {len(r['sessions_with_errors'])}; "
         f"lagging: {len(r['sessions_lagging'])}"
     )
+    if r.get("sessions_refused"):
+        print(
+            f"refused (limit, 1013): {r['sessions_refused']} of {r['sessions_n']}, answered in "
+            f"{fmt_pcts(r['refusal_answer_ms'], ('p50', 'max'))} ms (p50/max) after the "
+            f"handshake, retry_after_ms {fmt_pcts(r['retry_after_ms'], ('p50', 'max'))}"
+        )
+    if m and m.get("capacity") is not None:
+        print(f"server capacity estimate: {m['capacity']:.1f} encoder windows/s")
     print(f"{'latency, ms':34} {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8} {'n':>6}")
     for label, key in (
         ("endpoint -> segment (server)", "endpoint_ms"),

@@ -71,6 +71,8 @@ def metrics_diff(before: dict[str, float], after: dict[str, float]) -> dict:
             if k.startswith("ichigo_errors_total{") and d(k)
         },
         audio_seconds=d("ichigo_audio_seconds_total"),
+        # Admission control's estimate at the end of the run (windows/s; None: an older server).
+        capacity=after.get("ichigo_capacity_windows_per_second"),
     )
 
 

@@ -183,6 +183,9 @@ class ClientSession:
         self._delivered_end = float("-inf")  # end of the last segment delivered
         self._failures = 0  # consecutive failed attempts
         self._progress_at = now
+        # The last refusal's retry_after_ms (a server at capacity), in seconds: the next
+        # reconnect waits at least this long, whatever the backoff says.
+        self._retry_after_s = 0.0
 
     # -- what it knows --------------------------------------------------------------------
 
@@ -260,7 +263,7 @@ class ClientSession:
             self._failures = 0
             self._progress_at = now
             self.state = "idle"
-            return [Reconnecting(1, 0.0, why)]
+            return [Reconnecting(1, self._take_retry_after(0.0), why)]
         return self._back_off(why, now)
 
     # -- the server's messages ----------------------------------------------------------------
@@ -297,6 +300,7 @@ class ClientSession:
             error = remote_error(message)
             if error is not None:
                 return self._fail(error)
+            self._note_retry_after(message)
             return [message]  # transient: the server closes, the client reconnects
         if isinstance(message, Done):
             return self._done(link, message)
@@ -307,6 +311,7 @@ class ClientSession:
             error = remote_error(message)
             if error is not None:
                 return self._fail(error)
+            self._note_retry_after(message)
             return self._attempt_failed(f"{message.code}: {message.message}", now)
         if not isinstance(message, Ready):
             return self._fail(ClientError(f"expected a ready message, got {message!r:.200}"))
@@ -382,10 +387,19 @@ class ClientSession:
                 f"gave up reconnecting to {self.options.url} after {self._failures} "
                 f"failed attempt(s) in {waited:.1f} s: {why}"
             )
-        delay = policy.delay(self._failures, self._rng)
+        delay = self._take_retry_after(policy.delay(self._failures, self._rng))
         self._failures += 1
         self.state = "idle"
         return [Reconnecting(self._failures + 1, delay, why)]
+
+    def _note_retry_after(self, message: ErrorMessage) -> None:
+        if message.retry_after_ms is not None and message.retry_after_ms > 0:
+            self._retry_after_s = message.retry_after_ms / 1000
+
+    def _take_retry_after(self, delay: float) -> float:
+        """The delay before the next attempt: at least what the server asked for, once."""
+        delay, self._retry_after_s = max(delay, self._retry_after_s), 0.0
+        return delay
 
     def _give_up(self, reason: str) -> list[ConnectionEvent]:
         self._fail(ConnectionLost(reason))

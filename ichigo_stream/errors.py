@@ -89,10 +89,19 @@ CLOSE_FOR_ERROR: dict[str, CloseCode] = {
 
 class ProtocolError(IchigoStreamError):
     """A client broke the protocol (or the server must end a session): sent as an `error`
-    message, then the connection closes with close_code."""
+    message, then the connection closes with close_code. retry_after_ms: with a refusal for
+    load (`limit`, 1013), how long the client should wait before it tries again."""
 
-    def __init__(self, code: ErrorCode, message: str, close: CloseCode | None = None) -> None:
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        close: CloseCode | None = None,
+        *,
+        retry_after_ms: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.close_code = close or CLOSE_FOR_ERROR[code]
+        self.retry_after_ms = retry_after_ms

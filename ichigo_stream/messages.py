@@ -270,6 +270,8 @@ class ErrorMessage(_ServerMessage):
     code: str  # one of errors.ErrorCode (a client must expect codes it does not know)
     message: str  # for people
     segment: int | None = None
+    # With a refusal for load (limit, close 1013): wait at least this long before retrying.
+    retry_after_ms: int | None = None
 
 
 @dataclass(frozen=True)

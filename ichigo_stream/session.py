@@ -225,7 +225,7 @@ class ServerSession:
         """A fatal error: tell the client, cancel outstanding work, close."""
         if self.state == "closed":
             return []  # already closed: a second error and Close would go to a dead socket
-        send = Send(ErrorMessage(error.code, error.message))
+        send = Send(ErrorMessage(error.code, error.message, retry_after_ms=error.retry_after_ms))
         return [send, *self._abandon(), Close(error.close_code, error.code)]
 
     def connection_lost(self, now: float) -> list[Action]:

@@ -137,6 +137,7 @@ class StreamServer:
             max_wait_s=config.max_wait_ms / 1000,
             held_budget_bytes=config.max_held_audio_bytes,
             max_text_tokens=config.max_text_tokens,
+            admission=config.admission,
         )
         self.connections: dict[str, _Connection] = {}
         # WebSocket endpoints by path, all with the same auth, limits, VAD and worker.
@@ -159,11 +160,10 @@ class StreamServer:
             metrics_token=config.metrics_token,
             websocket_paths=self.endpoints,  # read per request: later entries count too
             # Live: the process answers and its worker is not stuck (a restart would help);
-            # ready: and it takes new sessions (not while draining, nor over its memory budget).
+            # ready: and it takes new sessions (not while draining, nor over its memory budget,
+            # nor while the predicted demand leaves no room for one more session).
             live=self.worker.healthy,
-            ready=lambda: (
-                self.worker.healthy() and not self.draining and self.worker.admits_sessions
-            ),
+            ready=self._ready,
             metrics=lambda openmetrics: self._render_metrics(openmetrics=openmetrics),
             upgrade_checks={LISTEN_PATH: self._check_listen_query},
         )
@@ -284,11 +284,20 @@ class StreamServer:
         wanted = self.subprotocols.get(urlsplit(connection.request.path).path)
         return wanted if wanted in offered else None
 
+    def _ready(self) -> bool:
+        return (
+            self.worker.healthy()
+            and not self.draining
+            and self.worker.admits_sessions
+            and not self.worker.admission().saturated
+        )
+
     def _render_metrics(self, *, openmetrics: bool = False) -> str:
         # Audio is counted when metrics are read and when a session ends, not per message.
         for conn in self.connections.values():
             self._count_audio(conn)
         stats = self.worker.stats_snapshot()
+        admission = self.worker.admission()
         return self.metrics.render_server(
             open_sessions=len(self.connections),
             queue_depth=self.worker.queue_depth,
@@ -299,6 +308,7 @@ class StreamServer:
             held_bytes=stats.held_bytes,
             held_budget_bytes=self.config.max_held_audio_bytes,
             sessions_evicted=stats.sessions_evicted,
+            admission=admission,
             openmetrics=openmetrics,
         )
 
@@ -347,6 +357,19 @@ class StreamServer:
             self.metrics.refusals["memory"] += 1
             await self._refuse(ws, session, error)
             return
+        admission = self.worker.admit(session.id)
+        if not admission.admits:
+            # The open sessions' predicted demand leaves no room for this one's: refuse it
+            # now rather than let every session's latency grow (server/admission.py).
+            error = ProtocolError(
+                "limit",
+                "server at capacity: try again later",
+                CloseCode.TRY_AGAIN_LATER,
+                retry_after_ms=admission.retry_after_ms,
+            )
+            self.metrics.refusals["capacity"] += 1
+            await self._refuse(ws, session, error)
+            return
         conn = _Connection(ws, session)
         self.connections[session.id] = conn
         self.metrics.sessions_total += 1
@@ -365,6 +388,7 @@ class StreamServer:
             conn.outbox.put_nowait(Close(CloseCode.NORMAL))
             await writer
             del self.connections[session.id]
+            self.worker.session_closed(session.id)
 
     def _act(self, conn: _Connection, step: Callable[..., list[Action]], *args: object) -> None:
         """Run one session step and carry out its actions.

@@ -24,6 +24,8 @@ from ichigo_stream.options import LoadOptions
 from ichigo_stream.segmentation import VadOptions
 from ichigo_stream.session import SessionLimits
 
+from .admission import AdmissionOptions
+
 MIB = 1 << 20
 
 
@@ -53,6 +55,9 @@ class ServerConfig:
     vad: VadOptions = field(default_factory=VadOptions)
     # Audio held by jobs waiting for the model, all sessions together (serve --max-held-audio-mb).
     max_held_audio_bytes: float = 512 * MIB
+    # Admission control (serve --admission-headroom): the share of the measured capacity
+    # that the predicted demand of the open sessions' finals may use.
+    admission: AdmissionOptions = field(default_factory=AdmissionOptions)
 
 
 def _number(
@@ -241,6 +246,16 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "of it partials are shed, above 3/4 new sessions are refused, above it the session "
         "holding most is refused (1013); inf: no limit (default: 512)",
     )
+    add(
+        "--admission-headroom",
+        type=positive,
+        default=AdmissionOptions.headroom,
+        metavar="H",
+        help="admit a new session only while the open sessions' predicted demand, its own "
+        "included, fits within H x the model's measured capacity (encoder windows/s); else "
+        "refuse it (limit, 1013, retry_after_ms); inf: never refuse for capacity "
+        f"(default: {AdmissionOptions.headroom:g})",
+    )
     drain = _number(float, 0, 86_400)  # finite: the worker thread is joined with what is left
     add(
         "--drain-timeout-s",
@@ -303,6 +318,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             max_messages_per_s=args.max_messages_per_s,
         ),
         max_held_audio_bytes=args.max_held_audio_mb * MIB,
+        admission=AdmissionOptions(headroom=args.admission_headroom),
         drain_timeout_s=args.drain_timeout_s,
         ready_file=args.ready_file,
         vad=vad_options(args),

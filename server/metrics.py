@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import bisect
+import math
 from collections import Counter as _Tally
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ichigo_stream.messages import ErrorMessage, Partial, Segment, ServerMessage
+
+from .admission import Admission
 
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -75,6 +78,7 @@ class ServerMetrics:
         held_bytes: float = 0,
         held_budget_bytes: float = float("inf"),
         sessions_evicted: int = 0,
+        admission: Admission | None = None,
         openmetrics: bool = False,
     ) -> str:
         """The whole /metrics page: these values (the connections' and the worker's), then ours."""
@@ -88,6 +92,30 @@ class ServerMetrics:
                 held_budget_bytes,
             ),
         }
+        if admission is not None:
+            gauges |= {
+                "ichigo_capacity_windows_per_second": (
+                    "Encoder windows/s the model sustains at the batch size the load allows "
+                    "(measured at warm-up, tracked while serving; +Inf: not measured).",
+                    admission.capacity,
+                ),
+                "ichigo_demand_windows_per_second": (
+                    "Predicted encoder windows/s of the open sessions' finals.",
+                    admission.demand_finals,
+                ),
+                "ichigo_partial_demand_windows_per_second": (
+                    "Predicted encoder windows/s of the open sessions' partials (shed first).",
+                    admission.demand_partials,
+                ),
+                "ichigo_newcomer_windows_per_second": (
+                    "Predicted encoder windows/s of one more session's finals.",
+                    admission.newcomer,
+                ),
+                "ichigo_saturated": (
+                    "1 while a new session would be refused for capacity (/readyz 503).",
+                    int(admission.saturated),
+                ),
+            }
         counters = {
             "ichigo_partials_shed_total": ("Partial jobs dropped under load.", partials_shed),
             "ichigo_model_jobs_failed_total": ("Model jobs that raised.", jobs_failed),
@@ -132,10 +160,13 @@ class ServerMetrics:
         """Every metric family, in exposition order; a family name used twice is a bug."""
         out: list[Family] = []
         for name, (help_text, value) in gauges.items():
-            out.append(Family(name, "gauge", help_text, [f"{name} {value:g}"]))
+            out.append(Family(name, "gauge", help_text, [f"{name} {_number(value)}"]))
         own_counters = {
             **counters,
-            "ichigo_sessions_total": ("WebSocket sessions accepted.", self.sessions_total),
+            "ichigo_sessions_total": (
+                "WebSocket sessions accepted (admitted).",
+                self.sessions_total,
+            ),
             "ichigo_audio_seconds_total": (
                 "Seconds of audio received (16 kHz timeline).",
                 self.audio_seconds_in,
@@ -164,7 +195,7 @@ class ServerMetrics:
             Family(
                 "ichigo_refusals",
                 "counter",
-                "Connections refused at opening, by reason (sessions, memory, draining).",
+                "Connections refused at opening, by reason (sessions, memory, capacity, draining).",
                 [
                     f'ichigo_refusals_total{{reason="{reason}"}} {n}'
                     for reason, n in sorted(self.refusals.items())
@@ -185,6 +216,13 @@ class ServerMetrics:
         if duplicates:
             raise ValueError(f"metric families collide: {', '.join(duplicates)}")
         return out
+
+
+def _number(value: float) -> str:
+    """A sample value as the exposition formats spell it (+Inf, not Python's inf)."""
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return f"{value:g}"
 
 
 def _counter_family(sample: str) -> str:

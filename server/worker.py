@@ -14,6 +14,13 @@ jobs' policy is server.scheduler.WorkQueue):
   work waits behind more than one text batch and token-only results never wait for text;
   partial text is shed like partial tokens (server/text_queue.py);
 - a batch that raises is retried job by job, so a failing job fails alone.
+
+Admission (server.admission): warm-up times a few batches and every batch served updates
+the capacity (windows/s by batch size); every submission updates its session's demand.
+admit() decides for a new session (and counts it), admission() reads the decision without
+counting anyone (for /readyz and /metrics), session_closed() drops a session's demand.
+When finals and partials together predict more than the capacity, partials are shed on
+submission (finals never are: new sessions are refused instead).
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ from ichigo_stream.model import IchigoTokenizer
 from ichigo_stream.pipeline import clip_tokens
 from ichigo_stream.text_decoding import DecodedText, TextRequest, decode_texts
 
+from .admission import Admission, AdmissionControl, AdmissionOptions
+from .capacity import WARM_UP_REPEATS, warm_up_sizes
 from .metrics import BATCH_BUCKETS, Histogram
 from .scheduler import QueueOptions, WorkQueue
 from .text_queue import TextJob, TextQueue
@@ -73,6 +82,7 @@ class ModelWorker:
         stall_timeout_s: float = 120.0,
         held_budget_bytes: float = float("inf"),
         max_text_tokens: int | None = None,
+        admission: AdmissionOptions | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")  # else nothing runs
@@ -92,6 +102,8 @@ class ModelWorker:
         )
         self._texts = TextQueue()
         self._text_partials_shed = 0  # partial text jobs dropped (the queue counts its own)
+        self._admission = AdmissionControl(max_batch, admission)
+        self._capacity_partials_shed = 0  # partials dropped on submission for capacity
         self._stopping = False
         self._busy_since: float | None = None
         self._thread = threading.Thread(target=self._run, name="ichigo-model-worker", daemon=True)
@@ -124,7 +136,13 @@ class ModelWorker:
         """Queue a job; returns the sessions whose waiting jobs were dropped to keep the held
         audio within its budget: the caller must fail them (`limit`, 1013)."""
         with self._cond:
-            evicted = self._queue.add(job, time.monotonic())
+            now = time.monotonic()
+            self._admission.submitted(job.session, job.kind, now)
+            if job.kind == "partial" and not self._admission.take_partial(now):
+                self._capacity_partials_shed += 1
+                self._count_queue()
+                return []
+            evicted = self._queue.add(job, now)
             self._count_queue()
             self._cond.notify()
             return evicted
@@ -138,7 +156,9 @@ class ModelWorker:
 
     def _count_queue(self) -> None:
         """Copy the queue's counts into the stats (under the lock)."""
-        self.stats.partials_shed = self._queue.partials_shed + self._text_partials_shed
+        self.stats.partials_shed = (
+            self._queue.partials_shed + self._text_partials_shed + self._capacity_partials_shed
+        )
         self.stats.held_bytes = self._queue.held_bytes
         self.stats.sessions_evicted = self._queue.sessions_evicted
 
@@ -147,6 +167,21 @@ class ModelWorker:
         """False while waiting audio fills most of its budget: new sessions are refused."""
         with self._cond:
             return self._queue.admits_sessions
+
+    def admission(self) -> Admission:
+        """Whether a new session would be admitted now, and the numbers behind it."""
+        with self._cond:
+            return self._admission.decide(time.monotonic())
+
+    def admit(self, session_id: str) -> Admission:
+        """Decide for a new session; if admitted, its predicted demand counts from now."""
+        with self._cond:
+            return self._admission.admit(session_id, time.monotonic())
+
+    def session_closed(self, session_id: str) -> None:
+        """The session is over: its demand stops counting at once."""
+        with self._cond:
+            self._admission.closed(session_id)
 
     @property
     def queue_depth(self) -> int:
@@ -165,6 +200,14 @@ class ModelWorker:
         """
         silence = np.zeros(16_000, dtype=np.float32)
         tokens = clip_tokens(self.tokenizer, [silence] * min(2, self.max_batch))
+        # The capacity: timed batches at both ends of the batch sizes (server.capacity).
+        for size in warm_up_sizes(self.max_batch):
+            for _ in range(WARM_UP_REPEATS):
+                started = time.perf_counter()
+                clip_tokens(self.tokenizer, [silence] * size)
+                seconds = time.perf_counter() - started
+                with self._cond:
+                    self._admission.batch_done(size, seconds)
         if text and self.tokenizer.has_text_model:
             decode_texts(self.tokenizer, [TextRequest(tokens[0])], sample_len=self.max_text_tokens)
 
@@ -190,11 +233,15 @@ class ModelWorker:
                 self._run_texts(texts)
 
     def _quantize(self, jobs: Sequence[Job]) -> list[list[int]]:
-        self._busy_since = time.monotonic()
+        self._busy_since = started = time.monotonic()
         try:
-            return clip_tokens(self.tokenizer, [job.audio for job in jobs])
+            tokens = clip_tokens(self.tokenizer, [job.audio for job in jobs])
         finally:
             self._busy_since = None
+        seconds = time.monotonic() - started
+        with self._cond:
+            self._admission.batch_done(len(jobs), seconds)
+        return tokens
 
     def _run_batch(self, batch: list[Job]) -> None:
         with self._cond:

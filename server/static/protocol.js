@@ -94,7 +94,12 @@ export const SERVER_MESSAGES = Object.freeze({
     llm: optional(string),
     endpoint_ms: number,
   }),
-  error: Object.freeze({ code: string, message: string, segment: optional(integer) }),
+  error: Object.freeze({
+    code: string,
+    message: string,
+    segment: optional(integer),
+    retry_after_ms: optional(integer),
+  }),
   done: Object.freeze({ segments: integer, audio_seconds: number }),
 });
 

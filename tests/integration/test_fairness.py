@@ -217,6 +217,8 @@ def test_rss_with_16_sessions_holding_the_most_work_stays_under_the_bound(
 
     async def main() -> tuple[int, int, list[Outcome], str]:
         args = ["--max-held-audio-mb", str(HELD_MB), "--max-realtime", "inf", "--max-batch", "1"]
+        # The held-audio budget alone: admission control would refuse most of them at once.
+        args += ["--admission-headroom", "inf"]
         async with serve_command(tiny_model_files, tmp_path / "serve.log", *args) as server:
             pid, port = server.process.pid, server.ready.port
             at_rest = rss_kib(pid)

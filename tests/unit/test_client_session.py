@@ -604,3 +604,34 @@ def test_connection_events_as_json_records() -> None:
         "reason": "connection lost",
     }
     json.dumps(records)  # JSON-ready
+
+
+def test_a_refusal_with_retry_after_ms_delays_the_next_attempt_once() -> None:
+    # A server at capacity refuses the handshake: limit, retry_after_ms, close 1013.
+    s = session(reconnect=replace(STEADY, retry_initial=True))
+    s.connect(0.0)
+    refusal = ErrorMessage("limit", "server at capacity: try again later", retry_after_ms=4500)
+    assert s.receive(refusal, 0.0) == [
+        Reconnecting(2, 4.5, "cannot connect (limit: server at capacity: try again later)")
+    ]
+    s.connect(4.5)
+    # Refused again without it: the backoff alone (0.2 * 2), not the earlier wait.
+    (event,) = s.connect_failed("refused", 4.5)
+    assert event == Reconnecting(3, 0.4, "cannot connect (refused)")
+
+
+def test_retry_after_ms_is_at_least_the_wait_but_never_shortens_the_backoff() -> None:
+    policy = replace(STEADY, initial_delay_s=2.0, retry_initial=True)
+    s = session(reconnect=policy)
+    s.connect(0.0)
+    (event,) = s.receive(ErrorMessage("limit", "busy", retry_after_ms=500), 0.0)
+    assert isinstance(event, Reconnecting) and event.delay_s == 2.0
+
+
+def test_a_session_refused_mid_stream_with_retry_after_ms_waits_before_resuming() -> None:
+    s = session()
+    connect(s)
+    s.receive(segment(0, 0.1, 0.5), 1.0)  # progress: a plain loss reconnects at once
+    evicted = ErrorMessage("limit", "the server is overloaded", retry_after_ms=3000)
+    assert s.receive(evicted, 1.5) == [evicted]
+    assert s.connection_lost(1.5) == [Reconnecting(1, 3.0, "connection lost")]

@@ -9,6 +9,7 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families as prometheus_families
 
 from ichigo_stream.messages import ErrorMessage
+from ichigo_stream_server.admission import Admission
 from ichigo_stream_server.metrics import BATCH_BUCKETS, Histogram, ServerMetrics
 
 
@@ -63,3 +64,39 @@ def test_prometheus_text_keeps_its_names_and_no_family_collides() -> None:
 def test_a_colliding_family_is_refused() -> None:
     with pytest.raises(ValueError, match="ichigo_sessions"):
         ServerMetrics().render({"ichigo_sessions": ("open", 1)}, {}, {})
+
+
+@pytest.mark.parametrize("openmetrics", [False, True], ids=["prometheus", "openmetrics"])
+def test_capacity_demand_and_refusals_parse_in_both_formats(openmetrics: bool) -> None:
+    metrics = ServerMetrics()
+    metrics.sessions_total = 5  # admitted
+    metrics.refusals["capacity"] += 2
+    metrics.refusals["memory"] += 1
+    text = metrics.render_server(
+        open_sessions=5,
+        queue_depth=3,
+        worker_healthy=True,
+        partials_shed=0,
+        jobs_failed=0,
+        batch_size=Histogram(BATCH_BUCKETS),
+        held_budget_bytes=float("inf"),
+        admission=Admission(False, 2500, 12.5, 9.75, 4.0, 1.5, 0.8),
+        openmetrics=openmetrics,
+    )
+    parse = openmetrics_families if openmetrics else prometheus_families
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in parse(text)
+        for s in family.samples
+    }
+    assert samples[("ichigo_capacity_windows_per_second", ())] == 12.5
+    assert samples[("ichigo_demand_windows_per_second", ())] == 9.75
+    assert samples[("ichigo_partial_demand_windows_per_second", ())] == 4.0
+    assert samples[("ichigo_newcomer_windows_per_second", ())] == 1.5
+    assert samples[("ichigo_saturated", ())] == 1
+    assert samples[("ichigo_sessions_total", ())] == 5
+    assert samples[("ichigo_refusals_total", (("reason", "capacity"),))] == 2
+    assert samples[("ichigo_refusals_total", (("reason", "memory"),))] == 1
+    # No limit is +Inf, the spelling both formats define.
+    assert "ichigo_held_audio_budget_bytes +Inf" in text.splitlines()
+    assert samples[("ichigo_held_audio_budget_bytes", ())] == float("inf")
