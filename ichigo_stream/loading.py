@@ -172,6 +172,16 @@ def load_tokenizer(
     encoder = build_encoder(whisper_dims, whisper_state)
     tokenizer = IchigoTokenizer(encoder, build_head(checkpoint), whisper_dims.n_mels)
     tokenizer.to_runtime(options.device, dtype)
+    if options.compile != "none":
+        step(f"preparing fixed-shape encoder batches ({options.compile})")
+        try:
+            tokenizer.use_fixed_shapes(options.compile)
+        except Exception as e:  # a compiler or driver failure: say which option caused it
+            raise ModelLoadError(
+                f"--compile {options.compile} failed on {options.device}: "
+                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; "
+                "try --compile none"
+            ) from e
     if text:
         step("building Whisper's decoder (text)")
         text_model = build_text_model(whisper_dims, whisper_state, tokenizer.encoder)
