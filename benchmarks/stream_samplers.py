@@ -71,6 +71,9 @@ def metrics_diff(before: dict[str, float], after: dict[str, float]) -> dict:
             if k.startswith("ichigo_errors_total{") and d(k)
         },
         audio_seconds=d("ichigo_audio_seconds_total"),
+        # The server's own capacity estimate at the end of the run (a gauge, windows/s), where
+        # the server exports one; None otherwise.
+        capacity_windows_per_second=after.get("ichigo_capacity_windows_per_second"),
     )
 
 
