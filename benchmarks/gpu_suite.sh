@@ -56,8 +56,12 @@ if [[ -n $PREPARE ]]; then
         "${PYPI[@]}" "$dep" -q 2>/dev/null || python3 -m pip wheel -q --no-deps \
             -w "$PREPARE/wheels" "$dep"
     done
-    python3 -m pip wheel -q --no-deps --no-build-isolation -w "$PREPARE/wheels" "$REPO"
-    python3 "$BENCH/gpu_suite_speech.py" "$PREPARE/speech"
+    # This package's own wheel, built from a copy (setuptools writes build/ where it builds).
+    COPY=$(mktemp -d)
+    tar -C "$REPO" --exclude=./.git --exclude=./.venv --exclude=./build -cf - . | tar -xf - -C "$COPY"
+    python3 -m pip wheel -q --no-deps --no-build-isolation -w "$PREPARE/wheels" "$COPY"
+    rm -rf "$COPY"
+    "${PY:-python3}" "$BENCH/gpu_suite_speech.py" "$PREPARE/speech"
     say "prepared $PREPARE: $(ls "$PREPARE/wheels" | wc -l) wheels, $(du -sh "$PREPARE" | cut -f1)"
     exit 0
 fi
@@ -74,7 +78,12 @@ if [[ -z $PY ]]; then
     PY=$WORK/venv/bin/python
     if [[ -n $FROM ]]; then
         "$PY" -m pip install -q --no-index --no-deps --find-links "$FROM/wheels" \
-            "${DEPS[@]}" "$REFERENCE" ichigo-stream
+            "${DEPS[@]}" "$REFERENCE"
+        # This checkout as it is now; the wheel --prepare built only if the image's
+        # setuptools cannot build it.
+        "$PY" -m pip install -q --no-index --no-deps --no-build-isolation "$REPO" \
+            || "$PY" -m pip install -q --no-index --no-deps --find-links "$FROM/wheels" \
+                ichigo-stream
     else
         "$PY" -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null \
             || "$PY" -m pip install -q torch  # PyPI's Linux torch wheel is the CUDA build
@@ -91,7 +100,7 @@ cd "$BENCH"  # the benchmarks import their sibling modules
 if [[ $MODE == gpu ]]; then
     DEVICE=cuda DTYPE=float16 BATCH=32 COMPILE=graphs
     MODEL_ARGS=(--full medium) FILES=64 REPEATS=2 CLIPS=0 DTYPES=float16,bfloat16
-    SWEEP=100,250,500,1000 DURATION=20 STAGGER=3 PROCS=4
+    SWEEP=100,250,500,1000 DURATION=20 STAGGER=3 PROCS=""  # bench_stream's default
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >&2 || true
 else
     DEVICE=cpu DTYPE=float32 BATCH=2 COMPILE=buckets
@@ -124,11 +133,11 @@ CLIP_ARGS=()
     "${CLIP_ARGS[@]}" --json "$OUT/precision.json" >&2
 
 say "streaming sweep $SWEEP, partials off and on (serve ${SERVE[*]})"
-STREAM_ARGS=()
+STREAM_ARGS=(${PROCS:+--procs "$PROCS"})
 for arg in "${SERVE[@]}"; do STREAM_ARGS+=("--server-arg=$arg"); done
 "$PY" bench_stream.py --model "$QUANTIZER" --whisper "$WHISPER" --device "$DEVICE" \
     --dtype "$DTYPE" --sweep "$SWEEP" --partials both --duration "$DURATION" \
-    --stagger "$STAGGER" --procs "$PROCS" --speech "$SPEECH"/stream/*.wav \
+    --stagger "$STAGGER" --speech "$SPEECH"/stream/*.wav \
     --cache "$WORK/stream-cache" "${STREAM_ARGS[@]}" --json "$OUT/stream.json" >&2 || true
 
 "$PY" gpu_suite_report.py "$OUT" | tee "$OUT/table.md"
