@@ -58,7 +58,8 @@ if [[ -n $PREPARE ]]; then
     done
     # This package's own wheel, built from a copy (setuptools writes build/ where it builds).
     COPY=$(mktemp -d)
-    tar -C "$REPO" --exclude=./.git --exclude=./.venv --exclude=./build --exclude=./.gpu-suite -cf - . | tar -xf - -C "$COPY"
+    tar -C "$REPO" --exclude=./.git --exclude=./.venv --exclude=./build \
+        --exclude=./.gpu-suite -cf - . | tar -xf - -C "$COPY"
     python3 -m pip wheel -q --no-deps --no-build-isolation -w "$PREPARE/wheels" "$COPY"
     rm -rf "$COPY"
     "${PY:-python3}" "$BENCH/gpu_suite_speech.py" "$PREPARE/speech"

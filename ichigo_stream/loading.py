@@ -172,7 +172,14 @@ def load_tokenizer(
     encoder = build_encoder(whisper_dims, whisper_state)
     tokenizer = IchigoTokenizer(encoder, build_head(checkpoint), whisper_dims.n_mels)
     tokenizer.to_runtime(options.device, dtype)
+    if text:
+        step("building Whisper's decoder (text)")
+        text_model = build_text_model(whisper_dims, whisper_state, tokenizer.encoder)
+        decoder_dtype = torch.float16 if dtype == torch.float16 else torch.float32
+        text_model.decoder.to(options.device, decoder_dtype)
+        tokenizer.attach_text_model(text_model)
     if options.compile != "none":
+        # Last, once every weight is where it stays: a CUDA graph reads them where captured.
         step(f"preparing fixed-shape encoder batches ({options.compile})")
         try:
             tokenizer.use_fixed_shapes(options.compile)
@@ -182,12 +189,6 @@ def load_tokenizer(
                 f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; "
                 "try --compile none"
             ) from e
-    if text:
-        step("building Whisper's decoder (text)")
-        text_model = build_text_model(whisper_dims, whisper_state, tokenizer.encoder)
-        decoder_dtype = torch.float16 if dtype == torch.float16 else torch.float32
-        text_model.decoder.to(options.device, decoder_dtype)
-        tokenizer.attach_text_model(text_model)
     del whisper_state
     info = ModelInfo(
         name=model_path.name,
