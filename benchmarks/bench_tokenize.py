@@ -46,10 +46,13 @@ RANDOM_MODELS = {
 }
 
 
-def make_speech(folder: Path, n_files: int, seed: int) -> list[Path]:
-    """n_files WAVs of 3..28 s of espeak-ng speech at 16 kHz."""
+def make_speech(folder: Path, n_files: int, seed: int, sentences: Path | None = None) -> list[Path]:
+    """n_files WAVs of 3..28 s of espeak-ng speech at 16 kHz (the spoken sentences cached in
+    `sentences`, else made in `folder`)."""
     rng = np.random.default_rng(seed)
-    clips = [load_audio(wav) for wav in speech.spoken("tokenize", folder / "sentences")]
+    clips = [
+        load_audio(wav) for wav in speech.spoken("tokenize", sentences or folder / "sentences")
+    ]
     files = []
     for i in range(n_files):
         target = rng.uniform(3.0, 28.0) * SAMPLE_RATE
@@ -127,6 +130,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="best of N timed runs each")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--speech-cache",
+        type=Path,
+        help="folder of the spoken sentences, made with espeak-ng where missing (default: a "
+        "temporary folder); a machine without espeak-ng reads them from one made elsewhere",
+    )
+    parser.add_argument(
+        "--compile", default="none", help="ichigo_stream's --compile mode (default: none)"
+    )
     args = parser.parse_args(argv)
 
     if args.model:
@@ -134,12 +146,16 @@ def main(argv: list[str] | None = None) -> None:
     else:
         quantizer, whisper = random_model(args.random, args.cache)
     with tempfile.TemporaryDirectory() as tmp:
-        files = make_speech(Path(tmp), args.files, args.seed)
+        files = make_speech(Path(tmp), args.files, args.seed, args.speech_cache)
         audio_seconds = sum(sf.info(f).frames for f in files) / SAMPLE_RATE
 
         tokenizer, info = load_tokenizer(
             LoadOptions(
-                model=str(quantizer), whisper=str(whisper), device=args.device, dtype=args.dtype
+                model=str(quantizer),
+                whisper=str(whisper),
+                device=args.device,
+                dtype=args.dtype,
+                compile=args.compile,
             )
         )
         reference = reference_model(quantizer, Path(whisper)).to(args.device)
@@ -171,7 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = [
         ("reference loop (float32, batch 1)", ref_speed, min(ref_times), ref_peak),
         (
-            f"ichigo_stream ({args.dtype}, batch {batch})",
+            f"ichigo_stream ({args.dtype}, batch {batch}"
+            + (f", {args.compile})" if args.compile != "none" else ")"),
             our_speed,
             min(our_times),
             our_peak,

@@ -58,17 +58,17 @@ def have_espeak() -> bool:
     return shutil.which("espeak-ng") is not None
 
 
-def synthesize(text: str, wav: Path, *, quiet: bool = True) -> Path:
+def synthesize(text: str, wav: Path, *, quiet: bool = True, voice: str = VOICE) -> Path:
     """`text` spoken by espeak-ng into `wav` (22.05 kHz mono; callers resample on load)."""
     # Written under a temporary name: an interrupted run never leaves a truncated cache entry.
     tmp = wav.with_suffix(".tmp.wav")
-    cmd = ["espeak-ng", "-v", VOICE, "-w", str(tmp), text]
+    cmd = ["espeak-ng", "-v", voice, "-w", str(tmp), text]
     subprocess.run(cmd, check=True, capture_output=quiet)
     os.replace(tmp, wav)
     return wav
 
 
-def spoken(benchmark: str, folder: Path) -> list[Path]:
+def spoken(benchmark: str, folder: Path, voice: str = VOICE) -> list[Path]:
     """One WAV per sentence of `benchmark`, in its order, synthesized into `folder` once.
 
     Files are named by a hash of voice and text, so a cache never serves an old recording
@@ -77,7 +77,7 @@ def spoken(benchmark: str, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     files = []
     for text in texts(benchmark):
-        key = hashlib.sha256(f"{VOICE}\n{text}".encode()).hexdigest()[:16]
+        key = hashlib.sha256(f"{voice}\n{text}".encode()).hexdigest()[:16]
         wav = folder / f"espeak-{key}.wav"
-        files.append(wav if wav.exists() else synthesize(text, wav))
+        files.append(wav if wav.exists() else synthesize(text, wav, voice=voice))
     return files

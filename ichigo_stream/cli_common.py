@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, TextIO
 from .audio import check_audio_path
 from .constants import SAMPLE_RATE
 from .errors import AudioError, IchigoStreamError, SegmentationError
-from .options import DEFAULT_MODEL, DTYPE_NAMES, LoadOptions, device_problem, dtype_problem
+from .options import (
+    COMPILE_MODES,
+    DEFAULT_MODEL,
+    DTYPE_NAMES,
+    LoadOptions,
+    device_problem,
+    dtype_problem,
+)
 from .pipeline import SEGMENT_MODES, FileResult, SegmentMode, tokenize_files
 from .segmentation import VadOptions
 from .terminal import printable
@@ -160,12 +167,25 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: the one the checkpoint was trained on)",
     )
     add_device_arguments(group)
+    group.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        default="none",
+        help="how the encoder runs its batches: none: as they come; buckets: padded to fixed "
+        "batch sizes (1, 2, 4, ... 32); graphs: those sizes captured as CUDA graphs at load "
+        "(CUDA only); inductor: compiled by torch.compile at load (slow to load). Tokens do not "
+        "depend on it (default: none)",
+    )
 
 
 def load_options(args: argparse.Namespace) -> LoadOptions:
     """The model options of a parsed command line (environment already applied by the parser)."""
     return LoadOptions(
-        model=args.model, whisper=args.whisper or None, device=args.device, dtype=args.dtype
+        model=args.model,
+        whisper=args.whisper or None,
+        device=args.device,
+        dtype=args.dtype,
+        compile=args.compile,
     )
 
 

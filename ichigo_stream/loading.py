@@ -178,6 +178,17 @@ def load_tokenizer(
         decoder_dtype = torch.float16 if dtype == torch.float16 else torch.float32
         text_model.decoder.to(options.device, decoder_dtype)
         tokenizer.attach_text_model(text_model)
+    if options.compile != "none":
+        # Last, once every weight is where it stays: a CUDA graph reads them where captured.
+        step(f"preparing fixed-shape encoder batches ({options.compile})")
+        try:
+            tokenizer.use_fixed_shapes(options.compile)
+        except Exception as e:  # a compiler or driver failure: say which option caused it
+            raise ModelLoadError(
+                f"--compile {options.compile} failed on {options.device}: "
+                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; "
+                "try --compile none"
+            ) from e
     del whisper_state
     info = ModelInfo(
         name=model_path.name,

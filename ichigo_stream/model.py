@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from whisper.model import AudioEncoder
 
 from .constants import ENCODER_POSITIONS, MEL_PAD_VALUE, N_FRAMES, WINDOW_SAMPLES
+from .fixed_shape import DEFAULT_BUCKETS, FixedShapeEncoder
 from .geometry import RELEASED_DOWNSAMPLE, TokenGeometry
 
 
@@ -208,6 +209,8 @@ class IchigoTokenizer(nn.Module):
         self.head = head
         self.n_mels = n_mels
         self._text_model: list[whisper.model.Whisper] = []  # a list keeps it out of .to()/state
+        # Set by use_fixed_shapes: the encoder then runs at bucketed batch sizes.
+        self.fixed_shapes: FixedShapeEncoder | None = None
 
     @property
     def dims(self) -> QuantizerDims:
@@ -231,6 +234,27 @@ class IchigoTokenizer(nn.Module):
                 module.float()
         return self.eval()
 
+    def window_tokens(self, mels: Tensor) -> Tensor:
+        """(B, n_mels, 3000) mel windows in the encoder's dtype -> (B, tokens_per_window) ids."""
+        return self.head.quantize(self.encoder(mels))
+
+    def use_fixed_shapes(
+        self, mode: str, buckets: Sequence[int] = DEFAULT_BUCKETS, *, warm_up: bool = True
+    ) -> None:
+        """Run the encoder at bucketed batch sizes from now on (mode: a LoadOptions.compile
+        other than none); with warm_up, compile/capture every bucket now. Call after
+        to_runtime: graphs capture the weights where they are."""
+        self.fixed_shapes = FixedShapeEncoder(
+            self.window_tokens,
+            mode,
+            window_shape=(self.n_mels, N_FRAMES),
+            dtype=self.dtype,
+            device=self.device,
+            buckets=buckets,
+        )
+        if warm_up:
+            self.fixed_shapes.warm_up()
+
     def log_mel_window(self, audio: Tensor) -> Tensor:
         """One clip -> its (n_mels, 3000) window: own log-mel (own clamp), mel padded with -1.5."""
         if audio.ndim != 1 or audio.shape[0] > WINDOW_SAMPLES:
@@ -249,7 +273,8 @@ class IchigoTokenizer(nn.Module):
         if not todo:
             return out
         mels = torch.stack([self.log_mel_window(clips[i]) for i in todo]).to(self.dtype)
-        tokens = self.head.quantize(self.encoder(mels))
+        run = self.fixed_shapes or self.window_tokens
+        tokens = run(mels)
         for row, i in enumerate(todo):
             out[i] = tokens[row, : counts[i]]
         return out

@@ -19,6 +19,10 @@ RANDOM_MODEL = "random"
 DTYPE_NAMES = ("float32", "float16", "bfloat16")  # encoder precisions (loading.DTYPES maps them)
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
 DEVICE_RULE = "cpu, cuda or cuda:N"
+# How the encoder runs its batches (ichigo_stream.fixed_shape): none: as they come; buckets:
+# padded to a few fixed batch sizes; graphs: those shapes captured as CUDA graphs (CUDA only);
+# inductor: those shapes compiled by torch.compile (and, on CUDA, captured as graphs too).
+COMPILE_MODES = ("none", "buckets", "graphs", "inductor")
 
 
 def device_problem(device: object) -> str | None:
@@ -26,6 +30,15 @@ def device_problem(device: object) -> str | None:
     if isinstance(device, str) and DEVICE_PATTERN.fullmatch(device):
         return None
     return f"expected {DEVICE_RULE}"
+
+
+def compile_problem(mode: object, device: object = None) -> str | None:
+    """What --compile must be (on this device, when given), or None if it can run there."""
+    if not (isinstance(mode, str) and mode in COMPILE_MODES):
+        return f"expected one of {', '.join(COMPILE_MODES)}"
+    if mode == "graphs" and isinstance(device, str) and not device.startswith("cuda"):
+        return "CUDA graphs need --device cuda (on CPU use buckets or inductor)"
+    return None
 
 
 def dtype_problem(dtype: object) -> str | None:
@@ -37,7 +50,8 @@ def dtype_problem(dtype: object) -> str | None:
 
 @dataclass(frozen=True)
 class LoadOptions:
-    """Which checkpoints to load, onto which device, at which encoder precision.
+    """Which checkpoints to load, onto which device, at which encoder precision, and how
+    the encoder runs its batches.
 
     Plain values only: LoadOptions never reads the environment. The ICHIGO_* variables are
     read by the command line (ichigo_stream.config) and nowhere else, so a library user gets
@@ -49,11 +63,13 @@ class LoadOptions:
     whisper: str | None = None  # None: the Whisper the checkpoint was trained on
     device: str = "cpu"  # cpu, cuda or cuda:N
     dtype: str = "float32"  # one of DTYPE_NAMES
+    compile: str = "none"  # one of COMPILE_MODES: fixed-shape encoder batches, tokens unchanged
 
     def __post_init__(self) -> None:
         for name, value, problem in (
             ("device", self.device, device_problem(self.device)),
             ("dtype", self.dtype, dtype_problem(self.dtype)),
+            ("compile", self.compile, compile_problem(self.compile, self.device)),
         ):
             if problem is not None:
                 raise ModelLoadError(f"--{name} {value!r}: {problem} (LoadOptions.{name})")

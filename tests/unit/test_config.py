@@ -391,3 +391,16 @@ def test_max_text_tokens_reaches_the_server_config_within_whispers_cap() -> None
     for bad in ("0", "225", "1.5"):
         with pytest.raises(SystemExit):
             parse("serve", "--max-text-tokens", bad)
+
+
+def test_compile_option_reaches_load_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--compile (and ICHIGO_COMPILE) -> LoadOptions.compile, for tokenize and serve alike."""
+    assert cli_common.load_options(parse("tokenize", "x.wav")).compile == "none"
+    assert cli_common.load_options(parse("tokenize", "x.wav", "--compile", "buckets")).compile == (
+        "buckets"
+    )
+    monkeypatch.setenv("ICHIGO_COMPILE", "inductor")
+    assert config_from_args(parse("serve")).load.compile == "inductor"
+    with pytest.raises(ModelLoadError, match="--compile 'graphs': CUDA graphs need --device cuda"):
+        LoadOptions(compile="graphs")
+    assert LoadOptions(device="cuda", compile="graphs").compile == "graphs"
