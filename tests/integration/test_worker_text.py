@@ -45,10 +45,14 @@ class Calls:
             self.log.append(("tokens", [len(c) for c in clips]))
         return self.tokenizer.quantize(clips)
 
-    def decode(self, _: object, requests: Sequence[TextRequest]) -> list[DecodedText]:
+    def decode(
+        self, _: object, requests: Sequence[TextRequest], sample_len: int | None = None
+    ) -> list[DecodedText]:
+        # sample_len: the worker's max_text_tokens (None here: the worker's default), which
+        # the recorder replaces by SAMPLE_LEN to keep the random decoder short.
         with self.lock:
             self.log.append(("text", list(requests)))
-        return decode_texts(self.tokenizer, requests, sample_len=SAMPLE_LEN)
+        return decode_texts(self.tokenizer, requests, sample_len=sample_len or SAMPLE_LEN)
 
 
 @pytest.fixture
