@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 from collections import Counter as _Tally
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ichigo_stream.messages import ErrorMessage, Partial, Segment, ServerMessage
 
@@ -38,6 +38,28 @@ class Histogram:
             cumulative += n
             out.append(f'{name}_bucket{{le="{bound}"}} {cumulative}')
         return [*out, f"{name}_sum {self.total:g}", f"{name}_count {self.count}"]
+
+
+@dataclass
+class WorkerStats:
+    """What /metrics reports of the worker: counters and a fixed-bucket histogram.
+
+    Its size is constant however long the server runs. It is written under the worker's
+    lock; readers take ModelWorker.stats_snapshot(), a consistent copy. Torch-free (here, not
+    in server.worker), as the ingest processes of multi-process mode receive it too.
+    """
+
+    batch_size: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
+    jobs_done: int = 0
+    jobs_failed: int = 0
+    partials_shed: int = 0
+    texts_decoded: int = 0
+    held_bytes: int = 0  # audio of waiting jobs
+    sessions_evicted: int = 0  # sessions dropped to keep within the held-audio budget
+
+    @property
+    def batches(self) -> int:
+        return self.batch_size.count
 
 
 class ServerMetrics:

@@ -1,0 +1,128 @@
+"""The messages between an ingest process and a model process (multi-process mode).
+
+Each ingest process holds one link (a multiprocessing.connection over a Unix socket) to each
+model process. Over it go, ingest -> model: Hello (once: the ingest process's audio ring),
+JobMessage (a job with its audio's AudioSlot in the ring, never the samples, unless the ring
+was full) and CancelMessage; model -> ingest: ResultMessage (to the link that sent the job),
+EvictedMessage (that link's sessions dropped for the held-audio budget) and StatusMessage
+(the worker's state, pushed every STATUS_EVERY_S, which the proxy answers the event loop's
+synchronous questions from). All small and picklable; torch-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from ichigo_stream.actions import Job, JobResult
+
+from .metrics import BATCH_BUCKETS, Histogram, WorkerStats
+from .shared_audio import AudioRing, AudioSlot
+
+# How often a model process tells every ingest process its worker's state: the staleness of
+# admits_sessions, queue_depth and /metrics' worker figures in an ingest process.
+STATUS_EVERY_S = 0.1
+# A model process silent for this long is taken for dead or stalled (/livez 503).
+STATUS_STALE_S = 5.0
+
+
+@dataclass(frozen=True)
+class Hello:
+    ring: str  # the name of the ingest process's AudioRing
+    pid: int
+
+
+@dataclass(frozen=True)
+class JobMessage:
+    """A Job without its samples: they are in the sender's ring at `slot` (or inline in
+    `audio` when the ring had no room)."""
+
+    id: int
+    session: str
+    segment: int
+    kind: Literal["final", "partial"]
+    start: int
+    end: int
+    slot: AudioSlot | None
+    audio: np.ndarray | None
+    text: bool
+    language: str | None
+    text_prefix: tuple[int, ...]
+
+    @classmethod
+    def of(cls, job: Job, ring: AudioRing) -> JobMessage:
+        slot = ring.write(job.audio)
+        return cls(
+            job.id, job.session, job.segment, job.kind, job.start, job.end, slot,
+            job.audio if slot is None else None, job.text, job.language, job.text_prefix,
+        )  # fmt: skip
+
+    def to_job(self, ring: AudioRing, job_type: type[Job] = Job, **extra: object) -> Job:
+        """The job in the model process, its audio copied out of the ring (which frees it)."""
+        audio = ring.read(self.slot) if self.slot is not None else self.audio
+        assert audio is not None
+        return job_type(
+            self.session, self.segment, self.kind, self.start, self.end, audio, self.text,
+            self.language, self.text_prefix, id=self.id, **extra,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CancelMessage:
+    job_id: int
+
+
+@dataclass(frozen=True)
+class ResultMessage:
+    job_id: int
+    result: JobResult
+
+
+@dataclass(frozen=True)
+class EvictedMessage:
+    sessions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """What the event loop asks a worker synchronously, as of the model process's last push."""
+
+    healthy: bool = False
+    alive: bool = False
+    queue_depth: int = 0
+    admits_sessions: bool = True
+    stats: WorkerStats = field(default_factory=WorkerStats)
+
+
+@dataclass(frozen=True)
+class StatusMessage:
+    status: WorkerStatus
+
+
+def merged_status(statuses: list[WorkerStatus]) -> WorkerStatus:
+    """Several model processes as one worker: healthy and admitting only if all are; queues
+    and counts summed."""
+    stats = WorkerStats()
+    batch = Histogram(BATCH_BUCKETS)
+    for status in statuses:
+        s = status.stats
+        for i, n in enumerate(s.batch_size.counts):
+            batch.counts[i] += n
+        batch.total += s.batch_size.total
+        batch.count += s.batch_size.count
+        stats.jobs_done += s.jobs_done
+        stats.jobs_failed += s.jobs_failed
+        stats.partials_shed += s.partials_shed
+        stats.texts_decoded += s.texts_decoded
+        stats.held_bytes += s.held_bytes
+        stats.sessions_evicted += s.sessions_evicted
+    stats.batch_size = batch
+    return WorkerStatus(
+        healthy=bool(statuses) and all(s.healthy for s in statuses),
+        alive=bool(statuses) and all(s.alive for s in statuses),
+        queue_depth=sum(s.queue_depth for s in statuses),
+        admits_sessions=all(s.admits_sessions for s in statuses),
+        stats=stats,
+    )
