@@ -291,7 +291,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--devices",
         type=devices_arg,
-        metavar="DEVICE[,DEVICE...]",
+        metavar="DEVICES",
         help="one model process per device, e.g. cuda:0,cuda:1 (implies the multi-process "
         "server); a session's jobs always go to the same one (default: --device)",
     )

@@ -133,34 +133,48 @@ class Supervisor:
                 self.info = value
                 log.info("%s ready (pid %d)", process.name, process.pid)
 
-    def start_ingest(self, index: int) -> _Ingest:
+    def start_ingest(self, indices: list[int]) -> list[_Ingest]:
+        """Start ingest processes (at once: each takes about a second, mostly imports) and
+        wait until every one listens and has its links to the model processes."""
         assert self.info is not None
         started = time.monotonic()
-        ring = create_ring_memory()
         links = tuple((address, self.authkey) for address in self.addresses)
-        spec = IngestSpec(self.config, self.info, self.listener.port, ring.name, links, index)
-        receive, send = self.context.Pipe(duplex=False)
-        process = self.context.Process(
-            target=run_ingest_process, args=(spec, send), name=f"ichigo-ingest-{index}"
-        )
-        process.start()
-        send.close()
-        ingest = _Ingest(index, process, ring)
-        try:
-            if not self._wait([receive], INGEST_START_S):
-                raise IchigoStreamError(f"{process.name} was not ready in {INGEST_START_S:g} s")
-            receive.recv()
-        except EOFError:
-            process.join(1)
-            raise IchigoStreamError(
-                f"{process.name} failed to start (exit status {process.exitcode})"
-            ) from None
-        finally:
-            receive.close()
-        log.info(
-            "%s ready (pid %d) in %.2f s", process.name, process.pid, time.monotonic() - started
-        )
-        return ingest
+        pending: dict[Connection, _Ingest] = {}
+        for index in indices:
+            ring = create_ring_memory()
+            spec = IngestSpec(self.config, self.info, self.listener.port, ring.name, links, index)
+            receive, send = self.context.Pipe(duplex=False)
+            process = self.context.Process(
+                target=run_ingest_process, args=(spec, send), name=f"ichigo-ingest-{index}"
+            )
+            process.start()
+            send.close()
+            pending[receive] = _Ingest(index, process, ring)
+        ready = list(pending.values())
+        self.ingest += ready  # from now on, stop_all and cleanup know them
+        deadline = started + INGEST_START_S
+        while pending:
+            left = deadline - time.monotonic()
+            done = self._wait(list(pending), left) if left > 0 else []
+            if not done:
+                raise IchigoStreamError(f"ingest processes not ready in {INGEST_START_S:g} s")
+            for handle in done:
+                assert isinstance(handle, Connection)
+                ingest = pending.pop(handle)
+                try:
+                    handle.recv()
+                except EOFError:
+                    ingest.process.join(1)
+                    raise IchigoStreamError(
+                        f"{ingest.process.name} failed to start "
+                        f"(exit status {ingest.process.exitcode})"
+                    ) from None
+                finally:
+                    handle.close()
+        for ingest in ready:
+            log.info("%s ready (pid %d)", ingest.process.name, ingest.process.pid)
+        log.info("%d ingest process(es) ready in %.2f s", len(ready), time.monotonic() - started)
+        return ready
 
     # -- serve --------------------------------------------------------------------------------
 
@@ -179,7 +193,7 @@ class Supervisor:
                     )  # fmt: skip
                     self.ingest.remove(gone)
                     _unlink(gone.ring)
-                    self.ingest.append(self.start_ingest(gone.index))
+                    self.start_ingest([gone.index])
                 else:
                     assert isinstance(gone, BaseProcess)
                     gone.join()
@@ -261,10 +275,8 @@ def run_supervisor(config: ServerConfig, listener: Listener) -> NoReturn:
         started = time.monotonic()
         supervisor.start_models()
         log.info("model process(es) ready in %.2f s", time.monotonic() - started)
-        for index in range(config.workers):
-            supervisor.ingest.append(supervisor.start_ingest(index))
-        log.info("%d ingest process(es) ready in %.2f s", config.workers,
-                 time.monotonic() - started)  # fmt: skip
+        supervisor.start_ingest(list(range(config.workers)))
+        log.info("every process ready in %.2f s", time.monotonic() - started)
         ready = ServerReady.at(
             config.host, listener.port, tls=bool(config.certfile), pid=os.getpid()
         )

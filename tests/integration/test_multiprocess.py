@@ -14,7 +14,7 @@ import signal
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +81,16 @@ def expected_segments(tokenizer: IchigoTokenizer, audio: np.ndarray) -> list[Seg
         (s.start / SAMPLE_RATE, s.end / SAMPLE_RATE, tuple(t.tolist()))
         for s, t in zip(closed, tokens, strict=True)
     ]
+
+
+@pytest.fixture(scope="module")
+def two_workers(
+    tiny_model_files: ModelFiles, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """One `serve --workers 2` for the tests that leave it serving (a killed ingest process
+    is replaced), so they do not each pay its start-up."""
+    with serve(tiny_model_files, tmp_path_factory.mktemp("serve") / "serve.log") as server:
+        yield server
 
 
 def serve(files: ModelFiles, log: Path, *extra: str) -> ServerProcess:
@@ -193,21 +203,21 @@ async def sessions_on_both(
 
 @pytest.mark.timeout(120)
 def test_sessions_spread_over_both_ingest_processes_and_match_offline(
-    tiny_model_files: ModelFiles, tokenizer: IchigoTokenizer, sentences: np.ndarray, tmp_path: Path
+    two_workers: ServerProcess, tokenizer: IchigoTokenizer, sentences: np.ndarray
 ) -> None:
+    server = two_workers
     expected = expected_segments(tokenizer, sentences)
     assert len(expected) == len(SENTENCES)
-    with serve(tiny_model_files, tmp_path / "serve.log") as server:
-        assert len(ingest_processes(server)) == 2
-        assert http_status(server.ready.healthz_url) == 200
-        assert http_status(server.ready.page_url + "readyz") == 200
+    assert len(ingest_processes(server)) == 2
+    assert http_status(server.ready.healthz_url) == 200
+    assert http_status(server.ready.page_url + "readyz") == 200
 
-        async def main() -> list[list[StreamEvent]]:
-            started = await sessions_on_both(server, sentences, realtime=4.0)
-            await asyncio.gather(*(task for task, _ in started))
-            return [events for _, events in started]
+    async def main() -> list[list[StreamEvent]]:
+        started = await sessions_on_both(server, sentences, realtime=4.0)
+        await asyncio.gather(*(task for task, _ in started))
+        return [events for _, events in started]
 
-        results = asyncio.run(main())
+    results = asyncio.run(main())
     for events in results:
         assert connections(events) == 1
         assert segments(events) == expected
@@ -215,24 +225,24 @@ def test_sessions_spread_over_both_ingest_processes_and_match_offline(
 
 @pytest.mark.timeout(150)
 def test_a_killed_ingest_process_is_replaced_and_only_its_clients_resume(
-    tiny_model_files: ModelFiles, tokenizer: IchigoTokenizer, sentences: np.ndarray, tmp_path: Path
+    two_workers: ServerProcess, tokenizer: IchigoTokenizer, sentences: np.ndarray
 ) -> None:
+    server = two_workers
     expected = expected_segments(tokenizer, sentences)
-    with serve(tiny_model_files, tmp_path / "serve.log") as server:
 
-        async def main() -> tuple[list[list[StreamEvent]], int, dict[int, int]]:
-            started = await sessions_on_both(server, sentences, realtime=3.0)
-            await asyncio.sleep(1.5)  # mid-stream: some segments out already
-            before = ingest_processes(server)
-            victim = max(before, key=before.__getitem__)
-            os.kill(victim, signal.SIGKILL)
-            await asyncio.gather(*(task for task, _ in started))
-            return [events for _, events in started], before[victim], ingest_processes(server)
+    async def main() -> tuple[list[list[StreamEvent]], int, dict[int, int]]:
+        started = await sessions_on_both(server, sentences, realtime=3.0)
+        await asyncio.sleep(1.5)  # mid-stream: some segments out already
+        before = ingest_processes(server)
+        victim = max(before, key=before.__getitem__)
+        os.kill(victim, signal.SIGKILL)
+        await asyncio.gather(*(task for task, _ in started))
+        return [events for _, events in started], before[victim], ingest_processes(server)
 
-        results, killed_sessions, after = asyncio.run(main())
-        # Replaced: two ingest processes again, and the server is live.
-        assert len(after) == 2, after
-        assert http_status(server.ready.healthz_url) == 200
+    results, killed_sessions, after = asyncio.run(main())
+    # Replaced: two ingest processes again (the victim's pid gone), and the server is live.
+    assert len(after) == 2, after
+    assert http_status(server.ready.healthz_url) == 200
     # Every session got every segment; exactly the killed process's sessions reconnected.
     for events in results:
         assert segments(events) == expected
