@@ -300,3 +300,35 @@ def test_workers_1_is_the_single_process_server(
     with server:
         assert children(server.process.pid) == []
         assert http_status(server.ready.healthz_url) == 200
+
+
+@pytest.mark.timeout(120)
+def test_a_dead_model_process_ends_the_server_with_status_70(
+    tiny_model_files: ModelFiles, tmp_path: Path
+) -> None:
+    """The weights are gone: the supervisor stops every ingest process and exits 70 (for the
+    orchestrator to restart it whole), removing its ready file; no child is left behind."""
+    server = serve(tiny_model_files, tmp_path / "serve.log")
+    server.start()
+    try:
+        ingest = set(ingest_processes(server))
+        (model,) = set(children(server.process.pid)) - ingest - resource_trackers(server)
+        ready_file = server.ready_file
+        assert ready_file is not None and ready_file.exists()
+        os.kill(model, signal.SIGKILL)
+        status = server.process.wait(30)
+        assert not ready_file.exists()
+    finally:
+        server.stop()
+    assert status == 70
+    for pid in ingest:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+
+
+def resource_trackers(server: ServerProcess) -> set[int]:
+    """multiprocessing's resource tracker: a child of the supervisor that is not ours."""
+    return {
+        pid
+        for pid in children(server.process.pid)
+        if b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    }
