@@ -36,8 +36,9 @@ class IngestSpec:
     config: ServerConfig
     info: ModelInfo  # the model processes', announced to clients
     port: int  # the port the supervisor holds (the real one, also with --port 0)
-    ring: str  # the name of this process's AudioRing (the supervisor made it)
-    links: tuple[tuple[str, bytes], ...]  # each model process's address and authkey
+    # Each model process's address and authkey, and the name of this process's AudioRing for
+    # it (the supervisor made them).
+    links: tuple[tuple[str, bytes, str], ...]
     index: int
 
 
@@ -68,10 +69,11 @@ async def _serve(spec: IngestSpec, ready: Connection) -> int:
 
         loop.add_reader(parent.sentinel, parent_gone)
     listener = Listener(spec.config, shared=True, port=spec.port)
-    ring = AudioRing.attach(spec.ring)
+    rings = [AudioRing.attach(name) for _, _, name in spec.links]
+    links = [(address, key, rings[i]) for i, (address, key, _) in enumerate(spec.links)]
 
     def make_worker(on_result: ResultCallback, on_evicted: EvictionCallback) -> WorkerProxy:
-        return WorkerProxy(spec.links, ring, on_result, on_evicted)
+        return WorkerProxy(links, on_result, on_evicted)
 
     server = StreamServer(spec.config, None, spec.info, make_worker=make_worker)
     try:
@@ -81,4 +83,5 @@ async def _serve(spec: IngestSpec, ready: Connection) -> int:
         return await drain_when_signalled(server, signals)
     finally:
         listener.close()
-        ring.close()
+        for ring in rings:
+            ring.close()

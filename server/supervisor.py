@@ -67,7 +67,7 @@ class _Stop(Exception):
 class _Ingest:
     index: int
     process: BaseProcess
-    ring: SharedMemory
+    rings: list[SharedMemory]  # one per model process
 
 
 class Supervisor:
@@ -138,18 +138,21 @@ class Supervisor:
         wait until every one listens and has its links to the model processes."""
         assert self.info is not None
         started = time.monotonic()
-        links = tuple((address, self.authkey) for address in self.addresses)
         pending: dict[Connection, _Ingest] = {}
         for index in indices:
-            ring = create_ring_memory()
-            spec = IngestSpec(self.config, self.info, self.listener.port, ring.name, links, index)
+            rings = [create_ring_memory() for _ in self.addresses]
+            links = tuple(
+                (address, self.authkey, ring.name)
+                for address, ring in zip(self.addresses, rings, strict=True)
+            )
+            spec = IngestSpec(self.config, self.info, self.listener.port, links, index)
             receive, send = self.context.Pipe(duplex=False)
             process = self.context.Process(
                 target=run_ingest_process, args=(spec, send), name=f"ichigo-ingest-{index}"
             )
             process.start()
             send.close()
-            pending[receive] = _Ingest(index, process, ring)
+            pending[receive] = _Ingest(index, process, rings)
         ready = list(pending.values())
         self.ingest += ready  # from now on, stop_all and cleanup know them
         deadline = started + INGEST_START_S
@@ -192,7 +195,7 @@ class Supervisor:
                         gone.process.name, gone.process.pid, gone.process.exitcode,
                     )  # fmt: skip
                     self.ingest.remove(gone)
-                    _unlink(gone.ring)
+                    _unlink(gone.rings)
                     self.start_ingest([gone.index])
                 else:
                     assert isinstance(gone, BaseProcess)
@@ -212,19 +215,17 @@ class Supervisor:
         deadline = time.monotonic() + self.config.drain_timeout_s + 0.5
         forced: int | None = None
         while any(i.process.is_alive() for i in self.ingest):
+            if forced is None and len(self.signals) > 1:
+                forced = self.signals[1]
+                log.warning("second %s: closing every session now", signal.Signals(forced).name)
+                self._forward(signal.SIGTERM)
             left = deadline - time.monotonic()
             if left <= 0:
                 log.warning("ingest processes still draining at the deadline: killing them")
                 self._forward(signal.SIGKILL)
                 break
-            try:
+            with contextlib.suppress(_Stop):  # a second signal: seen at the loop's top
                 self._wait([i.process.sentinel for i in self.ingest], left)
-            except _Stop:
-                if forced is None and len(self.signals) > 1:
-                    forced = self.signals[1]
-                    log.warning("second %s: closing every session now",
-                                signal.Signals(forced).name)  # fmt: skip
-                    self._forward(signal.SIGTERM)
         self.stop_models()
         return 0 if forced is None else 128 + forced
 
@@ -255,14 +256,15 @@ class Supervisor:
 
     def cleanup(self) -> None:
         for ingest in self.ingest:
-            _unlink(ingest.ring)
+            _unlink(ingest.rings)
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _unlink(ring: SharedMemory) -> None:
-    ring.close()
-    with contextlib.suppress(FileNotFoundError):
-        ring.unlink()
+def _unlink(rings: list[SharedMemory]) -> None:
+    for ring in rings:
+        ring.close()
+        with contextlib.suppress(FileNotFoundError):
+            ring.unlink()
 
 
 def run_supervisor(config: ServerConfig, listener: Listener) -> NoReturn:

@@ -6,9 +6,9 @@ request_stop. The difference is time: submit and cancel send a message and retur
 (submit returns no evictions; the model process's evictions arrive later, through
 on_evicted), and the synchronous questions are answered from the state each model process
 pushes every STATUS_EVERY_S (server.model_link). Jobs go over a link to a model process with
-their audio in this process's AudioRing; a session's jobs always go to the same model process
-(by a hash of its id). One reader thread per link hands results to on_result, which, as for
-ModelWorker, the caller makes loop-safe. Torch-free.
+their audio in this process's AudioRing for that link; a session's jobs always go to the same
+model process (by a hash of its id). One reader thread per link hands results to on_result,
+which, as for ModelWorker, the caller makes loop-safe. Torch-free.
 """
 
 from __future__ import annotations
@@ -49,9 +49,12 @@ EvictionCallback = Callable[[Sequence[str]], None]
 class _Link:
     """One model process, as this ingest process sees it."""
 
-    def __init__(self, address: str, authkey: bytes) -> None:
+    def __init__(self, address: str, authkey: bytes, ring: AudioRing) -> None:
         self.address = address
         self.authkey = authkey
+        # Its own ring: the model process reads it in the order it was written (one ring
+        # per link, as model processes read their jobs independently).
+        self.ring = ring
         self.connection: Connection | None = None
         self.connected = False
         self.status = WorkerStatus()
@@ -74,8 +77,7 @@ class _Link:
 class WorkerProxy:
     def __init__(
         self,
-        links: Sequence[tuple[str, bytes]],
-        ring: AudioRing,
+        links: Sequence[tuple[str, bytes, AudioRing]],
         on_result: ResultCallback,
         on_evicted: EvictionCallback,
     ) -> None:
@@ -83,8 +85,7 @@ class WorkerProxy:
             raise ValueError("a WorkerProxy needs at least one model process")
         self.on_result = on_result
         self.on_evicted = on_evicted
-        self.ring = ring
-        self._links = [_Link(address, key) for address, key in links]
+        self._links = [_Link(address, key, ring) for address, key, ring in links]
         # The jobs waiting for a result, by id: weak, so that a job its session has let go
         # (a superseded partial the model process shed) is forgotten without a message.
         self._jobs: weakref.WeakValueDictionary[int, Job] = weakref.WeakValueDictionary()
@@ -101,7 +102,7 @@ class WorkerProxy:
         for i, link in enumerate(self._links):
             link.connection = Client(link.address, family="AF_UNIX", authkey=link.authkey)
             link.connected = True
-            link.send(Hello(self.ring.name, os.getpid()))
+            link.send(Hello(link.ring.name, os.getpid()))
             reader = threading.Thread(
                 target=self._read, args=(link,), name=f"ichigo-model-link-{i}", daemon=True
             )
@@ -145,9 +146,10 @@ class WorkerProxy:
         """Send the job to its session's model process. Evictions come later (on_evicted)."""
         with self._jobs_lock:
             self._jobs[job.id] = job
-        message = JobMessage.of(job, self.ring)
+        link = self._link_of(job)
+        message = JobMessage.of(job, link.ring)
         self.inline_jobs += message.slot is None
-        if not self._link_of(job).send(message):
+        if not link.send(message):
             log.warning("job %s/%s not sent: the model process has gone", job.session, job.segment)
         return []
 

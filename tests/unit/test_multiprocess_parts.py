@@ -168,7 +168,7 @@ def test_the_proxy_sends_jobs_by_ring_and_routes_results_evictions_and_status(
         results.append((done, result))
         delivered.set()
 
-    proxy = WorkerProxy([(address, key)], producer, on_result, lambda s: evicted.append(list(s)))
+    proxy = WorkerProxy([(address, key, producer)], on_result, lambda s: evicted.append(list(s)))
     assert not proxy.alive  # not started
     connecting = threading.Thread(target=proxy.start)
     connecting.start()
@@ -201,3 +201,51 @@ def test_the_proxy_sends_jobs_by_ring_and_routes_results_evictions_and_status(
     proxy.stop(timeout=10)
     assert not proxy.alive and not proxy.healthy()
     listener.close()
+
+
+def test_with_two_model_processes_a_session_keeps_one_and_each_link_has_its_own_ring(
+    tmp_path: object,
+) -> None:
+    memories = [create_ring_memory(1 << 16) for _ in range(2)]
+    rings = [AudioRing.attach(m.name) for m in memories]
+    key = os.urandom(16)
+    listeners = [
+        Listener(os.path.join(str(tmp_path), f"model-{i}.sock"), family="AF_UNIX", authkey=key)
+        for i in range(2)
+    ]
+    links = [(str(listener.address), key, ring) for listener, ring in zip(listeners, rings, strict=True)]
+    proxy = WorkerProxy(links, lambda *_: None, lambda _: None)
+    connecting = threading.Thread(target=proxy.start)
+    connecting.start()
+    model_sides = [listener.accept() for listener in listeners]
+    connecting.join()
+    assert [side.recv().ring for side in model_sides] == [m.name for m in memories]
+    sessions = [f"session-{i}" for i in range(12)]
+    for _ in range(2):
+        for session in sessions:
+            proxy.submit(job(session))
+    received: dict[int, list[str]] = {0: [], 1: []}
+    readers = [AudioRing.attach(m.name) for m in memories]
+    for i, side in enumerate(model_sides):
+        while side.poll(0.5):
+            message = side.recv()
+            if isinstance(message, JobMessage):
+                # Read from this link's own ring: the other link's reads do not free it.
+                np.testing.assert_array_equal(
+                    message.to_job(readers[i]).audio,
+                    job(message.session).audio,
+                )
+                received[i].append(message.session)
+    assert received[0] and received[1]  # both used
+    assert not set(received[0]) & set(received[1])  # a session stays on one
+    assert sorted(received[0] + received[1]) == sorted(sessions * 2)
+    proxy.stop(timeout=10)
+    for side, listener, ring, reader, memory in zip(
+        model_sides, listeners, rings, readers, memories, strict=True
+    ):
+        side.close()
+        listener.close()
+        ring.close()
+        reader.close()
+        memory.close()
+        memory.unlink()
