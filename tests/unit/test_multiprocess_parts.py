@@ -213,7 +213,8 @@ def test_with_two_model_processes_a_session_keeps_one_and_each_link_has_its_own_
         Listener(os.path.join(str(tmp_path), f"model-{i}.sock"), family="AF_UNIX", authkey=key)
         for i in range(2)
     ]
-    links = [(str(listener.address), key, ring) for listener, ring in zip(listeners, rings, strict=True)]
+    addresses = [str(listener.address) for listener in listeners]
+    links = [(address, key, ring) for address, ring in zip(addresses, rings, strict=True)]
     proxy = WorkerProxy(links, lambda *_: None, lambda _: None)
     connecting = threading.Thread(target=proxy.start)
     connecting.start()
