@@ -19,10 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from models import ModelFiles
 from streaming import Outcome, WireClient
 
+from ichigo_stream.assets import sample_path
 from ichigo_stream.audio import float32_to_pcm16
 from ichigo_stream.client import (
     ClientOptions,
@@ -263,16 +265,7 @@ def test_sigterm_drains_every_ingest_process(
     try:
 
         async def main() -> tuple[list[Outcome], float, int]:
-            clients: list[WireClient] = []
-            for _ in range(16):
-                counts = ingest_processes(server)
-                if len(counts) == 2 and min(counts.values()) >= 1:
-                    break
-                client = await WireClient.connect(server.ready.port)
-                await client.start()
-                clients.append(client)
-                await asyncio.sleep(0.05)
-            assert min(ingest_processes(server).values()) >= 1
+            clients = await wire_clients_on_both(server)
             # 2.5 s of audio each: the first sentence's segment is open when the drain begins.
             await asyncio.gather(*(c.send_audio(pcm[: 2 * 40_000]) for c in clients))
             started = time.monotonic()
@@ -290,6 +283,57 @@ def test_sigterm_drains_every_ingest_process(
         types = [m["type"] for m in outcome.messages]
         assert types[-1] == "done" and "segment" in types, outcome.summary()
         assert outcome.close_code == 1000, outcome.summary()
+
+
+@pytest.mark.timeout(180)
+def test_a_second_sigterm_during_the_drain_closes_every_session_at_once(
+    tiny_model_files: ModelFiles, tmp_path: Path
+) -> None:
+    """Sessions on both processes with tens of seconds of model work queued (the sample 16
+    times over, 48 segments, unpaced, one clip a batch): the first SIGTERM starts the drain, a second one
+    ends it; every session is closed with 1001 without its done, the exit status is 143."""
+    pcm, _ = sf.read(sample_path(), dtype="int16")
+    speech = np.tile(pcm, 16).tobytes()
+    flags = ["--max-batch", "1", "--max-realtime", "1e6", "--realtime-burst-s", "1e6"]
+    server = serve(tiny_model_files, tmp_path / "serve.log", *flags, "--drain-timeout-s", "600")
+    server.start()
+    try:
+
+        async def main() -> tuple[list[Outcome], float, int]:
+            clients = await wire_clients_on_both(server)
+            await asyncio.gather(*(c.send_audio(speech, (32_000,)) for c in clients))
+            server.process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.5)  # the drain has begun (and has far more than that to do)
+            signalled = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            status = await asyncio.to_thread(server.process.wait, 60)
+            took = time.monotonic() - signalled
+            return [await c.finish(30) for c in clients], took, status
+
+        outcomes, took, status = asyncio.run(main())
+    finally:
+        server.stop()
+    assert status == 128 + signal.SIGTERM
+    assert took < 15, took  # a second for the close frames; the rest for a loaded machine
+    undelivered = 0
+    for outcome in outcomes:
+        assert outcome.close_code == 1001 and outcome.done is None, outcome.summary()
+        undelivered += 48 - len(outcome.segments)
+    assert undelivered >= 20, f"only {undelivered} segments were left: no long drain to cut"
+
+
+async def wire_clients_on_both(server: ServerProcess) -> list[WireClient]:
+    """Started WireClient sessions, one at a time, until each ingest process holds one."""
+    clients: list[WireClient] = []
+    for _ in range(16):
+        counts = ingest_processes(server)
+        if len(counts) == 2 and min(counts.values()) >= 1:
+            return clients
+        client = await WireClient.connect(server.ready.port)
+        await client.start()
+        clients.append(client)
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"16 sessions did not reach both processes: {ingest_processes(server)}")
 
 
 def test_workers_1_is_the_single_process_server(
