@@ -290,8 +290,8 @@ def test_a_second_sigterm_during_the_drain_closes_every_session_at_once(
     tiny_model_files: ModelFiles, tmp_path: Path
 ) -> None:
     """Sessions on both processes with tens of seconds of model work queued (the sample 16
-    times over, 48 segments, unpaced, one clip a batch): the first SIGTERM starts the drain, a second one
-    ends it; every session is closed with 1001 without its done, the exit status is 143."""
+    times over, 48 segments, unpaced, one clip a batch): the first SIGTERM starts the drain,
+    a second one ends it; every session is closed with 1001 without its done; status 143."""
     pcm, _ = sf.read(sample_path(), dtype="int16")
     speech = np.tile(pcm, 16).tobytes()
     flags = ["--max-batch", "1", "--max-realtime", "1e6", "--realtime-burst-s", "1e6"]
