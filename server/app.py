@@ -319,8 +319,16 @@ class StreamServer:
 
     def _render_metrics(self, *, openmetrics: bool = False) -> str:
         stats = self.worker.stats_snapshot()
-        return self.metrics.render_server(
-            open_sessions=len(self.connections),
+        # Multi-process mode: every ingest process's counts added up (README, "Process
+        # model"); else this process's own.
+        cluster = getattr(self.worker, "cluster_metrics", None)
+        metrics, open_sessions = (
+            (cluster.metrics, cluster.open_sessions)
+            if cluster is not None
+            else (self.metrics, len(self.connections))
+        )
+        return metrics.render_server(
+            open_sessions=open_sessions,
             queue_depth=self.worker.queue_depth,
             worker_healthy=self.worker.healthy(),
             partials_shed=stats.partials_shed,
@@ -485,8 +493,11 @@ class StreamServer:
             self._act(conn, conn.session.job_done, job, result, self._loop.time())
 
     async def _tick(self) -> None:
+        publish = getattr(self.worker, "publish_metrics", None)  # multi-process mode
         while True:
             await asyncio.sleep(1.0)
+            if publish is not None:
+                publish(self.metrics, len(self.connections))
             now = self._loop.time()
             for conn in list(self.connections.values()):
                 self._act(conn, conn.session.check_timeouts, now)

@@ -75,6 +75,26 @@ class ServerMetrics:
         self.window_budget_rejections = 0  # sessions closed for costing too many windows
         self.endpoint_latency_ms = Histogram(LATENCY_BUCKETS_MS)
 
+    def copy(self) -> ServerMetrics:
+        """A snapshot (multi-process mode sends one to the model process every second)."""
+        twin = ServerMetrics()
+        twin.merge(self)
+        return twin
+
+    def merge(self, other: ServerMetrics) -> None:
+        """Add other's counts to these (several ingest processes' into one page)."""
+        self.sessions_total += other.sessions_total
+        self.audio_seconds_in += other.audio_seconds_in
+        self.segments_out += other.segments_out
+        self.partials_out += other.partials_out
+        self.errors.update(other.errors)
+        self.refusals.update(other.refusals)
+        self.window_budget_rejections += other.window_budget_rejections
+        mine, theirs = self.endpoint_latency_ms, other.endpoint_latency_ms
+        mine.counts = [a + b for a, b in zip(mine.counts, theirs.counts, strict=True)]
+        mine.total += theirs.total
+        mine.count += theirs.count
+
     def observe_message(self, message: ServerMessage) -> None:
         """Count one message handed to a socket, by its type."""
         if isinstance(message, Segment):

@@ -6,7 +6,10 @@ JobMessage (a job with its audio's AudioSlot in the ring, never the samples, unl
 was full) and CancelMessage; model -> ingest: ResultMessage (to the link that sent the job),
 EvictedMessage (that link's sessions dropped for the held-audio budget) and StatusMessage
 (the worker's state, pushed every STATUS_EVERY_S, which the proxy answers the event loop's
-synchronous questions from). All small and picklable; torch-free.
+synchronous questions from). Each ingest process also sends the first model process its own
+/metrics counts (MetricsMessage), which that process adds up (MetricsBoard) and pushes back
+with its status, so that every ingest process's /metrics reports the whole server. All small
+and picklable; torch-free.
 """
 
 from __future__ import annotations
@@ -18,12 +21,15 @@ import numpy as np
 
 from ichigo_stream.actions import Job, JobResult
 
-from .metrics import BATCH_BUCKETS, Histogram, WorkerStats
+from .metrics import BATCH_BUCKETS, Histogram, ServerMetrics, WorkerStats
 from .shared_audio import AudioRing, AudioSlot
 
 # How often a model process tells every ingest process its worker's state: the staleness of
 # admits_sessions, queue_depth and /metrics' worker figures in an ingest process.
 STATUS_EVERY_S = 0.1
+# How often an ingest process sends its own counts (MetricsMessage): the staleness of the
+# sums every ingest process's /metrics reports.
+METRICS_EVERY_S = 1.0
 # A model process silent for this long is taken for dead or stalled (/livez 503).
 STATUS_STALE_S = 5.0
 
@@ -86,6 +92,49 @@ class EvictedMessage:
 
 
 @dataclass(frozen=True)
+class MetricsMessage:
+    """An ingest process's own /metrics counts, every METRICS_EVERY_S, to the first model
+    process, which adds up every ingest process's (ClusterMetrics)."""
+
+    pid: int
+    metrics: ServerMetrics
+    open_sessions: int
+
+
+@dataclass(frozen=True)
+class ClusterMetrics:
+    """Every ingest process's counts added up: what each one's /metrics reports."""
+
+    metrics: ServerMetrics
+    open_sessions: int
+    processes: int
+
+
+class MetricsBoard:
+    """The first model process's sum of the ingest processes' counts (sans-I/O). A process
+    that has gone keeps its last counts in the sum, so the counters never go back."""
+
+    def __init__(self) -> None:
+        self._latest: dict[int, MetricsMessage] = {}
+        self._gone = ServerMetrics()
+
+    def update(self, message: MetricsMessage) -> None:
+        self._latest[message.pid] = message
+
+    def retire(self, pid: int) -> None:
+        last = self._latest.pop(pid, None)
+        if last is not None:
+            self._gone.merge(last.metrics)
+
+    def total(self) -> ClusterMetrics:
+        metrics = self._gone.copy()
+        latest = list(self._latest.values())
+        for message in latest:
+            metrics.merge(message.metrics)
+        return ClusterMetrics(metrics, sum(m.open_sessions for m in latest), len(latest))
+
+
+@dataclass(frozen=True)
 class WorkerStatus:
     """What the event loop asks a worker synchronously, as of the model process's last push."""
 
@@ -94,6 +143,7 @@ class WorkerStatus:
     queue_depth: int = 0
     admits_sessions: bool = True
     stats: WorkerStats = field(default_factory=WorkerStats)
+    cluster: ClusterMetrics | None = None  # from the first model process only
 
 
 @dataclass(frozen=True)
@@ -125,4 +175,5 @@ def merged_status(statuses: list[WorkerStatus]) -> WorkerStatus:
         queue_depth=sum(s.queue_depth for s in statuses),
         admits_sessions=all(s.admits_sessions for s in statuses),
         stats=stats,
+        cluster=next((s.cluster for s in statuses if s.cluster is not None), None),
     )

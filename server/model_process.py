@@ -31,9 +31,12 @@ from .config import ServerConfig
 from .model_link import (
     STATUS_EVERY_S,
     CancelMessage,
+    ClusterMetrics,
     EvictedMessage,
     Hello,
     JobMessage,
+    MetricsBoard,
+    MetricsMessage,
     ResultMessage,
     StatusMessage,
     WorkerStatus,
@@ -99,10 +102,15 @@ class _IngestLink:
                     cancelled = self.jobs.pop(message.job_id, None)
                     if cancelled is not None:
                         worker.cancel(cancelled)
+                elif isinstance(message, MetricsMessage):
+                    with self.hub.board_lock:
+                        self.hub.board.update(message)
         except (EOFError, OSError):
             pass
         finally:
             self.hub.links.discard(self)
+            with self.hub.board_lock:
+                self.hub.board.retire(self.pid)
             for job in list(self.jobs.values()):
                 worker.cancel(job)
             log.info("ingest process %d disconnected", self.pid)
@@ -128,6 +136,10 @@ class _Hub:
         self.worker = model_worker(config, self.tokenizer, self._result)
         self.links: set[_IngestLink] = set()
         self.config = config
+        # The first model process adds up the ingest processes' /metrics counts.
+        self.board = MetricsBoard()
+        self.board_lock = threading.Lock()
+        self.index = spec.index
 
     def _result(self, job: Job, result: JobResult) -> None:
         """On the worker thread: back to the ingest process that sent the job."""
@@ -143,7 +155,14 @@ class _Hub:
             queue_depth=worker.queue_depth,
             admits_sessions=worker.admits_sessions,
             stats=worker.stats_snapshot(),
+            cluster=self._cluster(),
         )
+
+    def _cluster(self) -> ClusterMetrics | None:
+        if self.index != 0:
+            return None
+        with self.board_lock:
+            return self.board.total()
 
     def broadcast(self, message: object) -> None:
         for link in list(self.links):

@@ -26,13 +26,15 @@ from multiprocessing.connection import Client, Connection
 
 from ichigo_stream.actions import Job, JobResult
 
-from .metrics import WorkerStats
+from .metrics import ServerMetrics, WorkerStats
 from .model_link import (
     STATUS_STALE_S,
     CancelMessage,
+    ClusterMetrics,
     EvictedMessage,
     Hello,
     JobMessage,
+    MetricsMessage,
     ResultMessage,
     StatusMessage,
     WorkerStatus,
@@ -174,6 +176,19 @@ class WorkerProxy:
 
     def stats_snapshot(self) -> WorkerStats:
         return self._merged.stats
+
+    # -- /metrics of the whole server --------------------------------------------------------
+
+    def publish_metrics(self, metrics: ServerMetrics, open_sessions: int) -> None:
+        """Send this process's own counts to the first model process (on the event loop,
+        which owns them: StreamServer's ticker calls it every second)."""
+        self._links[0].send(MetricsMessage(os.getpid(), metrics.copy(), open_sessions))
+
+    @property
+    def cluster_metrics(self) -> ClusterMetrics | None:
+        """Every ingest process's counts added up, as of the first model process's last push
+        (None until it has one)."""
+        return self._merged.cluster
 
     # -- reader threads ---------------------------------------------------------------------
 

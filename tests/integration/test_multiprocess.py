@@ -153,6 +153,11 @@ def ingest_processes(server: ServerProcess) -> dict[int, int]:
     return out
 
 
+def http_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()
+
+
 def http_status(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=10) as response:
@@ -223,6 +228,16 @@ def test_sessions_spread_over_both_ingest_processes_and_match_offline(
     for events in results:
         assert connections(events) == 1
         assert segments(events) == expected
+    # /metrics, whichever ingest process answers it, adds up both processes' sessions (their
+    # counts reach it within a second or two).
+    want = (f"ichigo_sessions_total {len(results)}", f"ichigo_segments_total {len(results) * 4}")
+    deadline = time.monotonic() + 20
+    agreeing = 0
+    while agreeing < 6:  # several scrapes in a row: both processes answered some
+        page = http_text(server.ready.metrics_url)
+        agreeing = agreeing + 1 if all(line in page.splitlines() for line in want) else 0
+        assert time.monotonic() < deadline, (want, page)
+        time.sleep(0.05 if agreeing else 0.2)
 
 
 @pytest.mark.timeout(150)

@@ -8,6 +8,7 @@ import argparse
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Listener
 
@@ -21,12 +22,14 @@ from ichigo_stream_server.config import (
     config_from_args,
     default_workers,
 )
-from ichigo_stream_server.metrics import WorkerStats
+from ichigo_stream_server.metrics import Histogram, ServerMetrics, WorkerStats
 from ichigo_stream_server.model_link import (
     CancelMessage,
     EvictedMessage,
     Hello,
     JobMessage,
+    MetricsBoard,
+    MetricsMessage,
     ResultMessage,
     StatusMessage,
     WorkerStatus,
@@ -250,3 +253,50 @@ def test_with_two_model_processes_a_session_keeps_one_and_each_link_has_its_own_
         reader.close()
         memory.close()
         memory.unlink()
+
+
+def test_server_metrics_copy_and_merge_cover_every_count() -> None:
+    """A count added to ServerMetrics but not to merge() would vanish from multi-process
+    /metrics: every attribute must survive a copy, and double on merging with itself."""
+    metrics = ServerMetrics()
+    for name, value in vars(metrics).items():
+        if isinstance(value, (int, float)):
+            setattr(metrics, name, 3)
+        elif isinstance(value, Counter):
+            value["x"] = 3
+        elif isinstance(value, Histogram):
+            value.observe(3)
+        else:
+            raise AssertionError(f"ServerMetrics.{name}: a kind merge() does not know")
+    copy = metrics.copy()
+    copy.merge(metrics)
+    for name, value in vars(copy).items():
+        if isinstance(value, Histogram):
+            assert (value.count, value.total) == (2, 6), name
+        elif isinstance(value, Counter):
+            assert value == Counter(x=6), name
+        else:
+            assert value == 6, name
+
+
+def test_the_metrics_board_adds_up_processes_and_keeps_the_counts_of_gone_ones() -> None:
+    def counts(sessions: int, segments: int) -> ServerMetrics:
+        metrics = ServerMetrics()
+        metrics.sessions_total, metrics.segments_out = sessions, segments
+        metrics.endpoint_latency_ms.observe(10)
+        return metrics
+
+    board = MetricsBoard()
+    board.update(MetricsMessage(1, counts(2, 5), 2))
+    board.update(MetricsMessage(2, counts(3, 7), 1))
+    board.update(MetricsMessage(1, counts(4, 9), 3))  # a newer snapshot replaces the older
+    total = board.total()
+    assert (total.metrics.sessions_total, total.metrics.segments_out) == (7, 16)
+    assert (total.open_sessions, total.processes, total.metrics.endpoint_latency_ms.count) == (
+        4,
+        2,
+        2,
+    )
+    board.retire(2)  # killed: its sessions are closed, its counts stay
+    total = board.total()
+    assert (total.metrics.sessions_total, total.open_sessions, total.processes) == (7, 3, 1)
