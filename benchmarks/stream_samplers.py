@@ -85,6 +85,18 @@ def _ticks(path: str) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+def _process_tree(pid: int) -> list[int]:
+    """pid and its descendants (Linux's /proc/PID/task/PID/children)."""
+    tree = [pid]
+    for parent in tree:  # grows while it is walked: breadth first
+        try:
+            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        except OSError:
+            continue
+        tree += [int(child) for child in children]
+    return tree
+
+
 def _machine_busy() -> tuple[float, float]:
     """(busy, total) jiffies of all cores since boot, from /proc/stat."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -108,17 +120,24 @@ class CpuSampler:
         busy, total = _machine_busy()
         out = dict(t=now, busy=busy, total=total)
         if self.pid is not None:
-            main = _ticks(f"/proc/{self.pid}/task/{self.pid}/stat")
-            whole = _ticks(f"/proc/{self.pid}/stat")
-            try:
-                import psutil
+            # The server's process tree: `serve --workers N` is a supervisor, N ingest
+            # processes (their main threads are the event loops) and the model process(es)
+            # (whose main thread idles: the model runs on the worker's thread).
+            tree = _process_tree(self.pid)
+            mains = [_ticks(f"/proc/{p}/task/{p}/stat") for p in tree]
+            wholes = [_ticks(f"/proc/{p}/stat") for p in tree]
+            main = sum(t for t in mains if t is not None) if mains[0] is not None else None
+            whole = sum(t for t in wholes if t is not None) if wholes[0] is not None else None
+            if len(tree) == 1:
+                try:
+                    import psutil
 
-                times = psutil.Process(self.pid).cpu_times()
-                whole = times.user + times.system
-            except Exception:
-                pass
+                    times = psutil.Process(self.pid).cpu_times()
+                    whole = times.user + times.system
+                except Exception:
+                    pass
             if main is not None and whole is not None:
-                out.update(main=main, whole=whole)
+                out.update(main=main, whole=whole, processes=len(tree))
         return out
 
     async def run(self, period: float = 1.0) -> None:

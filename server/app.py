@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -40,10 +41,8 @@ from ichigo_stream.listen_protocol import (
     parse_listen_query,
 )
 from ichigo_stream.listen_session import ListenSession
-from ichigo_stream.loading import ModelInfo
 from ichigo_stream.messages import Capabilities
-from ichigo_stream.model import IchigoTokenizer
-from ichigo_stream.pipeline import default_batch_size
+from ichigo_stream.model_info import ModelInfo
 from ichigo_stream.protocol import STREAM_PATH, quote
 from ichigo_stream.realtime import RealtimeSession
 from ichigo_stream.realtime_events import REALTIME_PATH, REALTIME_SUBPROTOCOL
@@ -54,7 +53,15 @@ from .config import ServerConfig
 from .listener import Listener, tls_context
 from .metrics import ServerMetrics
 from .routes import SERVER_HEADER, HttpRoutes, response, websockets_logger
-from .worker import ModelWorker
+
+if TYPE_CHECKING:  # torch: the ingest processes of multi-process mode never import it
+    from ichigo_stream.model import IchigoTokenizer
+
+    from .worker import ModelWorker, ResultCallback
+    from .worker_proxy import EvictionCallback, WorkerProxy
+
+    # What makes a StreamServer's worker, given where its results and evictions go.
+    WorkerFactory = Callable[[ResultCallback, EvictionCallback], ModelWorker | WorkerProxy]
 
 log = logging.getLogger("ichigo_stream.server")
 JSON_TYPE = "application/json"
@@ -125,20 +132,46 @@ class _Connection:
         self.audio_seconds = 0.0
 
 
+def model_worker(
+    config: ServerConfig, tokenizer: IchigoTokenizer, on_result: ResultCallback
+) -> ModelWorker:
+    """The in-process model worker the configuration asks for (imports torch)."""
+    from ichigo_stream.pipeline import default_batch_size
+
+    from .worker import ModelWorker
+
+    return ModelWorker(
+        tokenizer,
+        on_result,
+        max_batch=config.max_batch or default_batch_size(tokenizer.device.type),
+        max_wait_s=config.max_wait_ms / 1000,
+        held_budget_bytes=config.max_held_audio_bytes,
+        max_text_tokens=config.max_text_tokens,
+        admission=config.admission,
+    )
+
+
 class StreamServer:
-    def __init__(self, config: ServerConfig, tokenizer: IchigoTokenizer, info: ModelInfo) -> None:
+    """make_worker: None, an in-process ModelWorker on the tokenizer (the single-process
+    server); else what makes the worker (multi-process mode: a WorkerProxy, tokenizer None)."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        tokenizer: IchigoTokenizer | None,
+        info: ModelInfo,
+        *,
+        make_worker: WorkerFactory | None = None,
+    ) -> None:
         self.config = config
         self.info = info
         self.metrics = ServerMetrics()
-        self.worker = ModelWorker(
-            tokenizer,
-            self._result_from_worker,
-            max_batch=config.max_batch or default_batch_size(tokenizer.device.type),
-            max_wait_s=config.max_wait_ms / 1000,
-            held_budget_bytes=config.max_held_audio_bytes,
-            max_text_tokens=config.max_text_tokens,
-            admission=config.admission,
-        )
+        self.worker: ModelWorker | WorkerProxy
+        if make_worker is None:
+            assert tokenizer is not None, "an in-process worker needs the tokenizer"
+            self.worker = model_worker(config, tokenizer, self._result_from_worker)
+        else:
+            self.worker = make_worker(self._result_from_worker, self._evicted_by_worker)
         self.connections: dict[str, _Connection] = {}
         # WebSocket endpoints by path, all with the same auth, limits, VAD and worker.
         self.endpoints: dict[str, EndpointFactory] = {
@@ -298,8 +331,16 @@ class StreamServer:
             self._count_audio(conn)
         stats = self.worker.stats_snapshot()
         admission = self.worker.admission()
-        return self.metrics.render_server(
-            open_sessions=len(self.connections),
+        # Multi-process mode: every ingest process's counts added up (README, "Process
+        # model"); else this process's own.
+        cluster = getattr(self.worker, "cluster_metrics", None)
+        metrics, open_sessions = (
+            (cluster.metrics, cluster.open_sessions)
+            if cluster is not None
+            else (self.metrics, len(self.connections))
+        )
+        return metrics.render_server(
+            open_sessions=open_sessions,
             queue_depth=self.worker.queue_depth,
             worker_healthy=self.worker.healthy(),
             partials_shed=stats.partials_shed,
@@ -468,14 +509,26 @@ class StreamServer:
         with contextlib.suppress(RuntimeError):  # the event loop is closed
             self._loop.call_soon_threadsafe(self._deliver, job, result)
 
+    def _evicted_by_worker(self, sessions: Sequence[str]) -> None:
+        """A WorkerProxy's evictions, which come after submit returned: on its reader thread."""
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the event loop is closed
+            self._loop.call_soon_threadsafe(self._evict, list(sessions))
+
     def _deliver(self, job: Job, result: JobResult) -> None:
         conn = self.connections.get(job.session)
         if conn is not None:
             self._act(conn, conn.session.job_done, job, result, self._loop.time())
 
     async def _tick(self) -> None:
+        publish = getattr(self.worker, "publish_metrics", None)  # multi-process mode
         while True:
             await asyncio.sleep(1.0)
+            if publish is not None:
+                # Audio is counted at metrics time (not per message): bring it up to date.
+                for conn in self.connections.values():
+                    self._count_audio(conn)
+                publish(self.metrics, len(self.connections))
             now = self._loop.time()
             for conn in list(self.connections.values()):
                 self._act(conn, conn.session.check_timeouts, now)

@@ -27,6 +27,10 @@ readiness: once listening and warmed up, the server prints one JSON line on stdo
    "pid":...,"page_url":...,"healthz_url":...,"metrics_url":...,"protocol":1}
 and, with --ready-file PATH, writes the same object (without "event") to PATH, atomically,
 removing it on exit. Its log goes to stderr. (docs/protocol.md, "Server readiness")
+processes: --workers 1 (the default on CPU) serves from this one process; --workers N > 1
+(or several --devices) makes it a supervisor of N ingest processes (WebSockets, sessions,
+VAD) sharing the port and one model process per device; a dead ingest process is
+replaced (its clients resume), a dead model process ends the server with status 70.
 the server's secret: --auth-token SECRET or ICHIGO_AUTH_TOKEN (ICHIGO_TOKEN is the clients'
 credential: serve refuses to start on it alone rather than run without a secret).
 options from the environment, e.g. ICHIGO_PORT=9000, ICHIGO_TEXT=1,
@@ -38,13 +42,17 @@ def _run_serve(args: argparse.Namespace) -> int:
     config = config_from_args(args)  # every configuration error before anything loads
     require_model_extra("serve")
     # The port and the TLS files before anything slow (importing torch, loading the model).
-    listener = Listener(config)
+    listener = Listener(config, shared=config.multiprocess)
     try:
-        from .lifecycle import run_server  # imports torch: only when serving
-
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
         )
+        if config.multiprocess:
+            from .supervisor import run_supervisor  # torch-free: the model processes load it
+
+            return run_supervisor(config, listener)
+        from .lifecycle import run_server  # imports torch: only when serving
+
         return run_server(config, listener)
     finally:
         listener.close()

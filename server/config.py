@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ichigo_stream.cli_common import (
     add_model_arguments,
     add_vad_arguments,
+    device_arg,
     load_options,
     vad_options,
 )
@@ -58,6 +60,43 @@ class ServerConfig:
     # Admission control (serve --admission-headroom): the share of the measured capacity
     # that the predicted demand of the open sessions' finals may use.
     admission: AdmissionOptions = field(default_factory=AdmissionOptions)
+    # Ingest processes (serve --workers): 1 is the single-process server; more run
+    # server.supervisor's process model (README, "Process model").
+    workers: int = 1
+    # One model process per entry in multi-process mode (serve --devices); () means load.device.
+    devices: tuple[str, ...] = ()
+
+    @property
+    def multiprocess(self) -> bool:
+        """Whether serve runs the supervisor, ingest and model processes (server.supervisor)."""
+        return self.workers > 1 or len(self.devices) > 1
+
+    @property
+    def model_devices(self) -> tuple[str, ...]:
+        """The device of each model process."""
+        return self.devices or (self.load.device,)
+
+
+# Ingest processes at most by default: past that the one model process, not the event loops,
+# is the bottleneck (one loop holds ~250 sessions with 20 ms chunks, docs/benchmarks.md).
+MAX_DEFAULT_WORKERS = 8
+
+
+def default_workers(devices: tuple[str, ...], cpu_count: int | None) -> int:
+    """--workers when not given: 1 when every model runs on the CPU (the model needs the cores
+    more than the event loop does: one loop serves more sessions than a CPU model can), else
+    a process per core left after one per model process, at most MAX_DEFAULT_WORKERS."""
+    if all(device == "cpu" for device in devices):
+        return 1
+    return max(1, min(MAX_DEFAULT_WORKERS, (cpu_count or 1) - len(devices)))
+
+
+def devices_arg(text: str) -> tuple[str, ...]:
+    """--devices: comma-separated devices (cpu, cuda, cuda:N), one model process each."""
+    parts = tuple(part.strip() for part in text.split(","))
+    if not all(parts):
+        raise argparse.ArgumentTypeError(f"expected DEVICE[,DEVICE...], got {text!r}")
+    return tuple(device_arg(part) for part in parts)
 
 
 def _number(
@@ -256,6 +295,21 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "refuse it (limit, 1013, retry_after_ms); inf: never refuse for capacity "
         f"(default: {AdmissionOptions.headroom:g})",
     )
+    add(
+        "--workers",
+        type=count,
+        metavar="N",
+        help="ingest processes (WebSockets, sessions, VAD) sharing the port; 1: one process "
+        "with the model in it (default: 1 on CPU, else one per core left after the model "
+        f"processes, at most {MAX_DEFAULT_WORKERS})",
+    )
+    add(
+        "--devices",
+        type=devices_arg,
+        metavar="DEVICES",
+        help="one model process per device, e.g. cuda:0,cuda:1 (implies the multi-process "
+        "server); a session's jobs always go to the same one (default: --device)",
+    )
     drain = _number(float, 0, 86_400)  # finite: the worker thread is joined with what is left
     add(
         "--drain-timeout-s",
@@ -291,6 +345,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             "set ICHIGO_AUTH_TOKEN (or --auth-token SECRET), or pass --auth-token '' to serve "
             "without one"
         )
+    devices = args.devices or ()
     return ServerConfig(
         host=args.host,
         port=args.port,
@@ -322,4 +377,6 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         drain_timeout_s=args.drain_timeout_s,
         ready_file=args.ready_file,
         vad=vad_options(args),
+        workers=args.workers or default_workers(devices or (args.device,), os.cpu_count()),
+        devices=devices,
     )

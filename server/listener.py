@@ -17,10 +17,12 @@ from ichigo_stream.errors import IchigoStreamError
 from .config import ServerConfig
 
 
-def bind_listener(host: str, port: int) -> socket.socket:
+def bind_listener(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     """A TCP socket bound to host:port (the first address host resolves to), not listening.
 
-    Port 0 picks a free port now; the one picked is the one served.
+    Port 0 picks a free port now; the one picked is the one served. reuse_port: SO_REUSEPORT,
+    so that the ingest processes of multi-process mode each bind and listen on the same port
+    (server.supervisor); the kernel spreads new connections over them.
     """
     try:
         infos = socket.getaddrinfo(
@@ -33,6 +35,8 @@ def bind_listener(host: str, port: int) -> socket.socket:
     try:
         # As asyncio's create_server: a restarted server rebinds a port in TIME_WAIT.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address)
@@ -61,11 +65,23 @@ def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
 
 
 class Listener:
-    """What serve prepares before loading: its bound socket and its TLS context."""
+    """What serve prepares before loading: its bound socket and its TLS context.
 
-    def __init__(self, config: ServerConfig) -> None:
+    shared: the multi-process server's socket (SO_REUSEPORT), bound first without the
+    option, so that a port another server holds (one that set SO_REUSEPORT too, as another
+    multi-process server) is refused rather than shared; port: the port to bind instead of
+    config.port, without that check (an ingest process binds the one its supervisor holds).
+    """
+
+    def __init__(self, config: ServerConfig, *, shared: bool = False, port: int | None = None):
         self.tls = tls_context(config)
-        self.sock = bind_listener(config.host, config.port)
+        if port is None:
+            port = config.port
+            if shared:
+                probe = bind_listener(config.host, port)
+                port = probe.getsockname()[1]
+                probe.close()
+        self.sock = bind_listener(config.host, port, reuse_port=shared)
 
     @property
     def port(self) -> int:

@@ -6,7 +6,7 @@ import bisect
 import math
 from collections import Counter as _Tally
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ichigo_stream.messages import ErrorMessage, Partial, Segment, ServerMessage
 
@@ -43,6 +43,28 @@ class Histogram:
         return [*out, f"{name}_sum {self.total:g}", f"{name}_count {self.count}"]
 
 
+@dataclass
+class WorkerStats:
+    """What /metrics reports of the worker: counters and a fixed-bucket histogram.
+
+    Its size is constant however long the server runs. It is written under the worker's
+    lock; readers take ModelWorker.stats_snapshot(), a consistent copy. Torch-free (here, not
+    in server.worker), as the ingest processes of multi-process mode receive it too.
+    """
+
+    batch_size: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
+    jobs_done: int = 0
+    jobs_failed: int = 0
+    partials_shed: int = 0
+    texts_decoded: int = 0
+    held_bytes: int = 0  # audio of waiting jobs
+    sessions_evicted: int = 0  # sessions dropped to keep within the held-audio budget
+
+    @property
+    def batches(self) -> int:
+        return self.batch_size.count
+
+
 class ServerMetrics:
     """Everything /metrics reports; updated on the event loop, read on the event loop."""
 
@@ -55,6 +77,26 @@ class ServerMetrics:
         self.refusals = _Tally[str]()  # sessions turned away at connection time, by reason
         self.window_budget_rejections = 0  # sessions closed for costing too many windows
         self.endpoint_latency_ms = Histogram(LATENCY_BUCKETS_MS)
+
+    def copy(self) -> ServerMetrics:
+        """A snapshot (multi-process mode sends one to the model process every second)."""
+        twin = ServerMetrics()
+        twin.merge(self)
+        return twin
+
+    def merge(self, other: ServerMetrics) -> None:
+        """Add other's counts to these (several ingest processes' into one page)."""
+        self.sessions_total += other.sessions_total
+        self.audio_seconds_in += other.audio_seconds_in
+        self.segments_out += other.segments_out
+        self.partials_out += other.partials_out
+        self.errors.update(other.errors)
+        self.refusals.update(other.refusals)
+        self.window_budget_rejections += other.window_budget_rejections
+        mine, theirs = self.endpoint_latency_ms, other.endpoint_latency_ms
+        mine.counts = [a + b for a, b in zip(mine.counts, theirs.counts, strict=True)]
+        mine.total += theirs.total
+        mine.count += theirs.count
 
     def observe_message(self, message: ServerMessage) -> None:
         """Count one message handed to a socket, by its type."""

@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 
@@ -40,34 +40,13 @@ from ichigo_stream.text_decoding import DecodedText, TextRequest, decode_texts
 
 from .admission import Admission, AdmissionControl, AdmissionOptions
 from .capacity import WARM_UP_REPEATS, warm_up_sizes
-from .metrics import BATCH_BUCKETS, Histogram
+from .metrics import WorkerStats
 from .scheduler import QueueOptions, WorkQueue
 from .text_queue import TextJob, TextQueue
 
 log = logging.getLogger("ichigo_stream.worker")
 
 ResultCallback = Callable[[Job, JobResult], None]
-
-
-@dataclass
-class WorkerStats:
-    """What /metrics reports of the worker: counters and a fixed-bucket histogram.
-
-    Its size is constant however long the server runs. It is written under the worker's
-    lock; readers take ModelWorker.stats_snapshot(), a consistent copy.
-    """
-
-    batch_size: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
-    jobs_done: int = 0
-    jobs_failed: int = 0
-    partials_shed: int = 0
-    texts_decoded: int = 0
-    held_bytes: int = 0  # audio of waiting jobs
-    sessions_evicted: int = 0  # sessions dropped to keep within the held-audio budget
-
-    @property
-    def batches(self) -> int:
-        return self.batch_size.count
 
 
 class ModelWorker:
