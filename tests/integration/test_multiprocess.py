@@ -98,6 +98,10 @@ def two_workers(
 def serve(files: ModelFiles, log: Path, *extra: str) -> ServerProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ICHIGO_")}
     args = ["--port", "0", "--model", str(files.quantizer), "--whisper", str(files.whisper)]
+    # Every session admitted: these tests are about the process model, and on a loaded CI
+    # machine the tiny model's measured capacity could refuse a session they need (admission
+    # across processes: tests/unit/test_multiprocess_parts.py).
+    args += ["--admission-headroom", "inf"]
     return ServerProcess(
         [*args, "--workers", "2", "--drain-timeout-s", "5", *extra],
         env=env,
