@@ -48,7 +48,7 @@ from .realtime_events import (
     session_object,
 )
 from .segmentation import Span, VadOptions, VadSegmenter
-from .session import ServerSession
+from .session import ServerSession, size_in_bytes
 
 BYTES_PER_SAMPLE = 2  # audio/pcm is 16-bit little-endian mono
 CONTENT_INDEX = 0  # the one content part (input_audio) of every item
@@ -157,7 +157,7 @@ class RealtimeSession:
                 "binary messages are not events: send audio as input_audio_buffer.append",
             )
         limit = self.limits.max_message_bytes
-        size = len(data) if 4 * len(data) <= limit else len(data.encode("utf-8", "surrogatepass"))
+        size = size_in_bytes(data, limit)
         if size > limit:
             # Dropped, as OpenAI drops an event it refuses: the session goes on.
             raise RealtimeError("message_too_large", f"event of {size} bytes exceeds {limit}", None)

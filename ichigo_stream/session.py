@@ -136,7 +136,7 @@ class ServerSession:
         connection speaks (the adapters call it too): the message rate, then the size.
         Raises ProtocolError ("too_fast", "too_large")."""
         self.count_message(data, now)
-        size = _size_in_bytes(data, self.limits.max_message_bytes)
+        size = size_in_bytes(data, self.limits.max_message_bytes)
         if size > self.limits.max_message_bytes:
             raise ProtocolError(
                 "too_large",
@@ -481,7 +481,7 @@ class ServerSession:
         return actions
 
 
-def _size_in_bytes(data: str | bytes, limit: int) -> int:
+def size_in_bytes(data: str | bytes, limit: int) -> int:
     """A message's size on the wire (text is UTF-8), or len(data) when even 4 bytes a
     character would stay within `limit`: then the exact size does not matter."""
     if not isinstance(data, str) or 4 * len(data) <= limit:

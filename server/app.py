@@ -326,9 +326,7 @@ class StreamServer:
         )
 
     def _render_metrics(self, *, openmetrics: bool = False) -> str:
-        # Audio is counted when metrics are read and when a session ends, not per message.
-        for conn in self.connections.values():
-            self._count_audio(conn)
+        self._count_open_audio()
         stats = self.worker.stats_snapshot()
         admission = self.worker.admission()
         # Multi-process mode: every ingest process's counts added up (README, "Process
@@ -493,6 +491,12 @@ class StreamServer:
                     return
                 await conn.ws.send(action.message.to_json())
 
+    def _count_open_audio(self) -> None:
+        """Bring the audio counter up to date for the open sessions: audio is counted when
+        metrics are read (or published) and when a session ends, not per message."""
+        for conn in self.connections.values():
+            self._count_audio(conn)
+
     def _count_audio(self, conn: _Connection) -> None:
         """Add what the session received since it was last counted to the audio counter."""
         seconds = conn.session.audio_seconds
@@ -525,9 +529,7 @@ class StreamServer:
         while True:
             await asyncio.sleep(1.0)
             if publish is not None:
-                # Audio is counted at metrics time (not per message): bring it up to date.
-                for conn in self.connections.values():
-                    self._count_audio(conn)
+                self._count_open_audio()
                 publish(self.metrics, len(self.connections))
             now = self._loop.time()
             for conn in list(self.connections.values()):
