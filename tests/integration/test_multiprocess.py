@@ -314,6 +314,9 @@ def test_a_second_sigterm_during_the_drain_closes_every_session_at_once(
     pcm, _ = sf.read(sample_path(), dtype="int16")
     speech = np.tile(pcm, 16).tobytes()
     flags = ["--max-batch", "1", "--max-realtime", "1e6", "--realtime-burst-s", "1e6"]
+    # All 48 may wait at once (the default cap, 32, refuses a session whose model is that far
+    # behind: a fast sender on a slow machine would be closed with 1013 before the drain).
+    flags += ["--max-pending-segments", "64"]
     server = serve(tiny_model_files, tmp_path / "serve.log", *flags, "--drain-timeout-s", "600")
     server.start()
     try:
